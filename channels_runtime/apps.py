@@ -1,0 +1,8 @@
+"""Django application config, so ``"channels_runtime"`` can go in ``INSTALLED_APPS``."""
+
+from django.apps import AppConfig
+
+
+class ChannelsRuntimeConfig(AppConfig):
+    name = "channels_runtime"
+    verbose_name = "Channels Runtime"

@@ -1,0 +1,146 @@
+"""Consumers: one instance per connection, messages dispatched by type.
+
+An incoming message ``{"type": "websocket.receive", ...}`` is handled by the
+consumer's ``websocket_receive`` method. Messages come from the client and,
+when a channel layer is configured, from the consumer's own channel, and are
+handled strictly one at a time (see :mod:`channels_runtime.dispatch`).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, ClassVar
+
+from . import DEFAULT_CHANNEL_LAYER
+from .asgi import Message, Receive, Scope, Send
+from .compat.backend import ensure_bridge
+from .db import aclose_old_connections, database_sync_to_async
+from .dispatch import dispatch_serially
+from .exceptions import StopConsumer
+from .layers import get_channel_layer
+from .sync import async_to_sync
+
+
+def get_handler_name(message: Message) -> str:
+    """The method name that handles ``message``: its type with ``.`` replaced by ``_``.
+
+    Types starting with an underscore are refused so a message can never reach
+    a private method.
+    """
+    try:
+        message_type = message["type"]
+    except (KeyError, TypeError):
+        raise ValueError(f"Incoming message has no 'type' attribute: {message!r}") from None
+    if not isinstance(message_type, str):
+        raise ValueError(f"Message type must be a string, got {message_type!r}")
+    handler_name = message_type.replace(".", "_")
+    if handler_name.startswith("_"):
+        raise ValueError(f"Malformed type in message (leading underscore): {message_type!r}")
+    return handler_name
+
+
+class AsyncConsumer:
+    """Base consumer: an ASGI application instance that dispatches by message type.
+
+    Attributes set when the instance starts: ``scope``, ``channel_layer``
+    (``None`` without a configured layer), ``channel_name`` and
+    ``channel_receive`` (only with a layer).
+    """
+
+    _sync: ClassVar[bool] = False
+    channel_layer_alias: ClassVar[str] = DEFAULT_CHANNEL_LAYER
+
+    scope: Scope
+    channel_layer: Any
+    channel_name: str
+    base_send: Send
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        ensure_bridge()
+        self.scope = scope
+        self.channel_layer = get_channel_layer(self.channel_layer_alias)
+        sources: list[Receive] = [receive]
+        if self.channel_layer is not None:
+            self.channel_name = await self.channel_layer.new_channel()
+            self.channel_receive = functools.partial(self.channel_layer.receive, self.channel_name)
+            sources.append(self.channel_receive)
+        self.base_send = send
+        try:
+            await dispatch_serially(sources, self.dispatch)
+        except StopConsumer:
+            pass
+
+    async def dispatch(self, message: Message) -> None:
+        """Call the handler for ``message``'s type, or raise ``ValueError`` naming the type.
+
+        Old database connections are closed before the handler runs, as in
+        Channels, and again once it has finished (or stopped the consumer), so
+        an idle consumer holds no connection. Each pass costs nothing unless a
+        connection is actually due (see :mod:`channels_runtime.db`).
+        """
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(
+                f"No handler for message type {message['type']!r} on {type(self).__qualname__}"
+            )
+        await aclose_old_connections()
+        try:
+            await handler(message)
+        except StopConsumer:
+            await aclose_old_connections()
+            raise
+        await aclose_old_connections()
+
+    async def send(self, message: Message) -> None:
+        """Send ``message`` to the client (override to intercept outgoing messages)."""
+        await self.base_send(message)
+
+    @classmethod
+    def as_asgi(cls, **initkwargs: Any) -> Any:
+        """An ASGI application that makes a new instance of this consumer per connection.
+
+        Like Django's ``as_view()``: ``initkwargs`` are passed to the constructor.
+        The returned callable carries ``consumer_class`` and ``consumer_initkwargs``.
+        """
+
+        async def app(scope: Scope, receive: Receive, send: Send) -> None:
+            consumer = cls(**initkwargs)
+            await consumer(scope, receive, send)
+
+        app.consumer_class = cls  # type: ignore[attr-defined]
+        app.consumer_initkwargs = initkwargs  # type: ignore[attr-defined]
+        functools.update_wrapper(app, cls, updated=())
+        return app
+
+
+class SyncConsumer(AsyncConsumer):
+    """A consumer whose handlers are plain functions, run in the thread-sensitive thread.
+
+    Handlers may use the ORM directly: old connections are closed before and
+    after each handler (``database_sync_to_async``). ``send`` blocks the
+    handler's thread until the message has been handed to the server on the
+    event loop; channel-layer calls go back to the loop with
+    ``async_to_sync(self.channel_layer.group_send)(...)``. Both work on
+    asyncio and trio.
+    """
+
+    _sync: ClassVar[bool] = True
+    base_send: Any
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await super().__call__(scope, receive, async_to_sync(send))  # type: ignore[arg-type]
+
+    async def dispatch(self, message: Message) -> None:
+        await database_sync_to_async(self._dispatch_in_thread)(message)
+
+    def _dispatch_in_thread(self, message: Message) -> None:
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
+            raise ValueError(
+                f"No handler for message type {message['type']!r} on {type(self).__qualname__}"
+            )
+        handler(message)
+
+    def send(self, message: Message) -> None:  # type: ignore[override]
+        """Send ``message`` to the client; blocks this thread until it is handed over."""
+        self.base_send(message)

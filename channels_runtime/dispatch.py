@@ -1,0 +1,64 @@
+"""Feeding a consumer from its message sources, one message at a time.
+
+A consumer listens to two sources at once: its client (the ASGI ``receive``)
+and its channel on the channel layer. Each source gets a *pump* task that
+receives from it and then dispatches the message while holding a fair lock.
+The lock makes handlers run one at a time, in the order their messages
+arrived, and a source is not read again until its previous message has been
+handled — the same back-pressure Channels gives, without a task per message
+or a hop through a queue on the hot path.
+
+Both pumps live in one task group owned by :func:`dispatch_serially`; when a
+handler raises (``StopConsumer`` included) the group is cancelled and the
+original exception is re-raised here, with its own traceback, rather than
+wrapped in an ``ExceptionGroup``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Sequence
+
+import anyio
+
+from .asgi import Message, Receive
+
+Dispatch = Callable[[Message], Awaitable[None]]
+
+
+async def dispatch_serially(sources: Sequence[Receive], dispatch: Dispatch) -> None:
+    """Receive from every source concurrently and hand each message to ``dispatch``.
+
+    Returns only by raising: whatever ``dispatch`` or a source raises ends the
+    loop and is re-raised unchanged, after every pump has stopped.
+    """
+    if len(sources) == 1:
+        # One source needs no task and no lock: receive and handle in turn.
+        receive = sources[0]
+        while True:
+            await dispatch(await receive())
+
+    lock = anyio.Lock(fast_acquire=True)
+    failure: Exception | None = None
+
+    async def pump(receive: Receive, cancel_scope: anyio.CancelScope) -> None:
+        nonlocal failure
+        try:
+            while True:
+                message = await receive()
+                async with lock:
+                    await dispatch(message)
+        except Exception as exc:
+            if failure is None:
+                failure = exc
+            cancel_scope.cancel()
+
+    async with anyio.create_task_group() as tg:
+        for source in sources:
+            tg.start_soon(pump, source, tg.cancel_scope)
+    if failure is not None:
+        try:
+            raise failure
+        finally:
+            failure = None  # break the frame -> exception reference cycle
+    # Only reachable if every source returned, which ASGI sources never do.
+    raise RuntimeError("a consumer's message sources stopped without a message")

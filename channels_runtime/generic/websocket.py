@@ -1,0 +1,320 @@
+"""WebSocket consumers with the Channels 4.2 API: connect, receive, send, close, groups.
+
+The ASGI message shapes are built and parsed by small module-level functions
+(:func:`websocket_frame_data`, :func:`websocket_send_message`, ...) so that the
+async consumers here and the sync consumers share one definition of what a
+frame looks like — including servers such as Hypercorn that send both the
+``text`` and ``bytes`` keys with the unused one set to ``None``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+from typing import Any
+
+import anyio
+
+from ..asgi import Message, Receive, Scope, Send
+from ..consumer import AsyncConsumer
+from ..exceptions import AcceptConnection, DenyConnection, InvalidChannelLayerError, StopConsumer
+from .http import BytesLike, HeadersArg, encode_headers
+
+logger = logging.getLogger(__name__)
+
+#: "Invalid frame payload data" (RFC 6455 §7.4.1): the close code for text that is not JSON.
+CLOSE_CODE_INVALID_PAYLOAD = 1007
+
+#: How long leaving groups may take when a consumer is torn down by an error or a
+#: cancellation. Bounded so that a dead layer cannot keep a finished connection alive.
+GROUP_CLEANUP_TIMEOUT = 10.0
+
+
+# -- ASGI message helpers, shared with the sync consumers ---------------------
+
+
+def websocket_frame_data(message: Message) -> dict[str, Any]:
+    """The ``receive()`` keyword arguments for a ``websocket.receive`` message.
+
+    Returns ``{"text_data": str}`` or ``{"bytes_data": bytes}``. A key that is
+    present but ``None`` counts as absent, because Hypercorn sends both keys on
+    every frame. A message with neither is a server bug and raises ``ValueError``
+    naming it, rather than calling ``receive()`` with nothing.
+    """
+    text = message.get("text")
+    if text is not None:
+        return {"text_data": text}
+    data = message.get("bytes")
+    if data is not None:
+        return {"bytes_data": data}
+    raise ValueError(
+        f"websocket.receive message has neither 'text' nor 'bytes' (both missing or None): "
+        f"{message!r}"
+    )
+
+
+def websocket_accept_message(
+    subprotocol: str | None = None, headers: HeadersArg | None = None
+) -> Message:
+    """A ``websocket.accept`` message; ``headers`` are included only when given."""
+    message: Message = {"type": "websocket.accept", "subprotocol": subprotocol}
+    if headers is not None:
+        message["headers"] = encode_headers(headers)
+    return message
+
+
+def websocket_send_message(
+    text_data: str | None = None, bytes_data: BytesLike | None = None
+) -> Message:
+    """A ``websocket.send`` message carrying exactly one of ``text_data``/``bytes_data``.
+
+    Passing both is refused instead of silently dropping one, and the types are
+    checked here so the mistake surfaces in the consumer, not deep in the server.
+    """
+    if (text_data is None) == (bytes_data is None):
+        raise ValueError(
+            "send() needs exactly one of text_data or bytes_data, got "
+            + ("both" if text_data is not None else "neither")
+        )
+    if text_data is not None:
+        if not isinstance(text_data, str):
+            raise TypeError(f"text_data must be str, got {type(text_data).__name__}")
+        return {"type": "websocket.send", "text": text_data}
+    if not isinstance(bytes_data, bytes | bytearray | memoryview):
+        raise TypeError(f"bytes_data must be bytes, got {type(bytes_data).__name__}")
+    return {"type": "websocket.send", "bytes": bytes(bytes_data)}
+
+
+def websocket_close_message(code: int | bool | None = None, reason: str | None = None) -> Message:
+    """A ``websocket.close`` message; ``code`` and ``reason`` appear only when given.
+
+    ``code=True`` means "close, no particular code", which is what
+    ``send(..., close=True)`` passes down.
+    """
+    message: Message = {"type": "websocket.close"}
+    if code is not None and not isinstance(code, bool):
+        message["code"] = code
+    if reason is not None:
+        message["reason"] = reason
+    return message
+
+
+async def _resolve(value: Any) -> Any:
+    """Await ``value`` if it is awaitable: JSON hooks may be overridden sync or async."""
+    if inspect.isawaitable(value):
+        return await value
+    return value
+
+
+# -- consumers ----------------------------------------------------------------
+
+
+class AsyncWebsocketConsumer(AsyncConsumer):
+    """A WebSocket connection handled with ``connect``/``receive``/``disconnect``.
+
+    Channels listed in :attr:`groups` are joined before :meth:`connect` runs and
+    left when the connection ends — also when a handler raises or the consumer
+    is cancelled, so a crashed connection does not keep receiving group
+    messages until the membership expires.
+    """
+
+    #: Groups joined on connect and left on disconnect (needs a channel layer).
+    groups: list[str] | None = None
+
+    _groups_left: bool = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # Like Channels, ``as_asgi(**initkwargs)`` arguments are accepted and ignored.
+        # A per-instance copy, so appending in connect() never edits the class list.
+        self.groups = list(self.groups) if self.groups is not None else []
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            if not self._groups_left:
+                await self._leave_groups_on_teardown()
+
+    # -- groups ---------------------------------------------------------------
+
+    async def _join_groups(self) -> None:
+        groups = self.groups or []
+        if not groups:
+            return
+        if self.channel_layer is None:
+            raise InvalidChannelLayerError(
+                f"{type(self).__qualname__}.groups is {groups!r} but no channel layer is "
+                f"configured under {self.channel_layer_alias!r} in CHANNEL_LAYERS"
+            )
+        for group in groups:
+            await self.channel_layer.group_add(group, self.channel_name)
+
+    async def _leave_groups(self) -> None:
+        """Discard this channel from every group, trying all even if one fails."""
+        self._groups_left = True
+        layer = getattr(self, "channel_layer", None)
+        channel_name = getattr(self, "channel_name", None)
+        if layer is None or channel_name is None or not self.groups:
+            return
+        failure: Exception | None = None
+        for group in self.groups:
+            try:
+                await layer.group_discard(group, channel_name)
+            except Exception as exc:
+                if failure is None:
+                    failure = exc
+        if failure is not None:
+            raise failure
+
+    async def _leave_groups_on_teardown(self) -> None:
+        # Runs while an exception (or cancellation) is propagating: shield it so
+        # the discard completes, bound it, and log rather than mask the original.
+        try:
+            with anyio.move_on_after(GROUP_CLEANUP_TIMEOUT, shield=True) as scope:
+                await self._leave_groups()
+            if scope.cancelled_caught:
+                logger.warning(
+                    "%s: leaving groups %r timed out after %ss",
+                    type(self).__qualname__,
+                    self.groups,
+                    GROUP_CLEANUP_TIMEOUT,
+                )
+        except Exception:
+            logger.exception("%s: could not leave groups %r", type(self).__qualname__, self.groups)
+
+    # -- connection lifecycle --------------------------------------------------
+
+    async def websocket_connect(self, message: Message) -> None:
+        """Join :attr:`groups`, then run :meth:`connect`, honouring Accept/DenyConnection."""
+        await self._join_groups()
+        try:
+            await self.connect()
+        except AcceptConnection:
+            await self.accept()
+        except DenyConnection:
+            await self.close()
+
+    async def connect(self) -> None:
+        """Decide whether to accept the connection; the default accepts.
+
+        Call :meth:`accept` or :meth:`close`, or raise ``AcceptConnection`` /
+        ``DenyConnection``.
+        """
+        await self.accept()
+
+    async def accept(
+        self, subprotocol: str | None = None, headers: HeadersArg | None = None
+    ) -> None:
+        """Accept the connection, optionally choosing a subprotocol and adding headers."""
+        await super().send(websocket_accept_message(subprotocol, headers))
+
+    async def websocket_receive(self, message: Message) -> None:
+        """Unpack a frame and pass its text or bytes (only the one present) to :meth:`receive`."""
+        await self.receive(**websocket_frame_data(message))
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        """Handle one frame; exactly one argument is given. The default ignores it."""
+
+    async def send(  # type: ignore[override]
+        self,
+        text_data: str | None = None,
+        bytes_data: BytesLike | None = None,
+        close: bool | int = False,
+    ) -> None:
+        """Send one text or binary frame; ``close`` (True or a close code) closes afterwards."""
+        await super().send(websocket_send_message(text_data, bytes_data))
+        if close:
+            await self.close(close)
+
+    async def close(self, code: int | bool | None = None, reason: str | None = None) -> None:
+        """Close the connection (or refuse it, if not yet accepted)."""
+        await super().send(websocket_close_message(code, reason))
+
+    async def websocket_disconnect(self, message: Message) -> None:
+        """Leave :attr:`groups`, run :meth:`disconnect`, and end the consumer.
+
+        :meth:`disconnect` runs even if leaving a group fails.
+        """
+        try:
+            await self._leave_groups()
+        finally:
+            # 1005 is "no status received", what servers report for a code-less close.
+            await self.disconnect(message.get("code", 1005))
+        raise StopConsumer()
+
+    async def disconnect(self, code: int) -> None:
+        """Cleanup hook for when the connection has closed; the default does nothing."""
+
+
+class AsyncJsonWebsocketConsumer(AsyncWebsocketConsumer):
+    """A WebSocket consumer that exchanges JSON documents in text frames.
+
+    Override :meth:`receive_json` and reply with :meth:`send_json`. Binary frames
+    raise ``ValueError``. A text frame that is not valid JSON closes the
+    connection with code 1007 and logs a warning (see :meth:`receive_invalid_json`),
+    so one misbehaving client cannot crash its connection's handler with a
+    traceback, let alone the server.
+    """
+
+    async def receive(
+        self, text_data: str | None = None, bytes_data: bytes | None = None, **kwargs: Any
+    ) -> None:
+        if text_data is None:
+            raise ValueError("No text section for incoming WebSocket frame!")
+        try:
+            content = await _resolve(self.decode_json(text_data))
+        except ValueError as exc:  # json.JSONDecodeError and most other decoders' errors
+            await self.receive_invalid_json(text_data, exc)
+            return
+        await self.receive_json(content, **kwargs)
+
+    async def receive_json(self, content: Any, **kwargs: Any) -> None:
+        """Handle one decoded JSON document. The default ignores it."""
+
+    async def receive_invalid_json(self, text_data: str, error: ValueError) -> None:
+        """A text frame could not be decoded: log a warning and close with 1007.
+
+        Override to answer differently, e.g. ``await self.send_json({"error": ...})``
+        to keep the connection open, or ``raise error`` for Channels' behaviour
+        of failing the connection with the exception.
+        """
+        logger.warning(
+            "%s.%s received a WebSocket text frame that is not valid JSON (%s) on %r; "
+            "closing the connection with code %d",
+            type(self).__module__,
+            type(self).__qualname__,
+            error,
+            self.scope.get("path", ""),
+            CLOSE_CODE_INVALID_PAYLOAD,
+        )
+        await self.close(code=CLOSE_CODE_INVALID_PAYLOAD)
+
+    async def send_json(self, content: Any, close: bool | int = False) -> None:
+        """Encode ``content`` with :meth:`encode_json` and send it as a text frame."""
+        await super().send(text_data=await _resolve(self.encode_json(content)), close=close)
+
+    @classmethod
+    async def decode_json(cls, text_data: str) -> Any:
+        """Parse a text frame (``json.loads``); override to use another decoder.
+
+        Raise ``ValueError`` for bad input to get the invalid-JSON handling.
+        May be overridden as a plain or an ``async`` classmethod.
+        """
+        return json.loads(text_data)
+
+    @classmethod
+    async def encode_json(cls, content: Any) -> str:
+        """Serialise outgoing content (``json.dumps``); override to use another encoder."""
+        return json.dumps(content)
+
+
+__all__ = [
+    "CLOSE_CODE_INVALID_PAYLOAD",
+    "AsyncJsonWebsocketConsumer",
+    "AsyncWebsocketConsumer",
+    "websocket_accept_message",
+    "websocket_close_message",
+    "websocket_frame_data",
+    "websocket_send_message",
+]

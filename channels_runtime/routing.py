@@ -1,0 +1,369 @@
+"""Routers: ASGI applications that pick another application for each connection.
+
+The names and behaviour follow Django Channels 4.2 (``ProtocolTypeRouter``,
+``URLRouter``, ``ChannelNameRouter``, ``get_default_application``) so a
+project's ``asgi.py`` ports by renaming the import. Where Channels fails noisily
+we are quieter and stricter at the right moment:
+
+* ``ProtocolTypeRouter`` answers the ``lifespan`` scope itself, so servers do
+  not log a lifespan error and channel layers are closed at shutdown;
+* ``URLRouter`` checks its routes when it is built, and refuses an unmatched
+  connection the way the protocol expects (websocket handshake denied, HTTP
+  404) with one warning line instead of an exception traceback.
+
+Routing runs once per connection. All pattern preparation (regex compilation,
+prefix variants of nested routes) happens at construction, never per call.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Any, NamedTuple, cast
+
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from django.urls.resolvers import RegexPattern, RoutePattern, URLPattern, URLResolver
+
+from .asgi import ASGIApp, Receive, Scope, Send
+from .layers.manager import channel_layers
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "ChannelNameRouter",
+    "ProtocolTypeRouter",
+    "URLRouter",
+    "get_default_application",
+]
+
+
+def get_default_application() -> ASGIApp:
+    """Import and return the application named by ``settings.ASGI_APPLICATION``.
+
+    A missing setting, a module that does not exist, or a missing attribute are
+    configuration mistakes and raise ``ImproperlyConfigured`` naming the path.
+    A module that exists but fails while importing (its own ``import`` of a
+    missing package, a circular import, ...) is a bug in that module, so the
+    message says so and the original error stays chained with its traceback.
+    """
+    dotted = getattr(settings, "ASGI_APPLICATION", None)
+    if not dotted:
+        raise ImproperlyConfigured(
+            "Cannot find ASGI_APPLICATION setting. Set it to the dotted path of your "
+            "application, for example 'myproject.asgi.application'."
+        )
+    if not isinstance(dotted, str):
+        raise ImproperlyConfigured(f"ASGI_APPLICATION must be a dotted path string, got {dotted!r}")
+    module_path, _, name = dotted.rpartition(".")
+    if not module_path or not name:
+        raise ImproperlyConfigured(
+            f"ASGI_APPLICATION {dotted!r} is not a dotted path of the form "
+            "'package.module.attribute'"
+        )
+    try:
+        module = importlib.import_module(module_path)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or ""
+        if missing and (module_path == missing or module_path.startswith(missing + ".")):
+            raise ImproperlyConfigured(
+                f"Cannot import ASGI_APPLICATION module {module_path!r} "
+                f"(from ASGI_APPLICATION={dotted!r}): no module named {missing!r}"
+            ) from exc
+        raise ImproperlyConfigured(
+            f"ASGI_APPLICATION module {module_path!r} was found but importing it raised "
+            f"{type(exc).__name__}: {exc} (see the chained traceback)"
+        ) from exc
+    except ImportError as exc:
+        raise ImproperlyConfigured(
+            f"ASGI_APPLICATION module {module_path!r} was found but importing it raised "
+            f"{type(exc).__name__}: {exc} (see the chained traceback)"
+        ) from exc
+    try:
+        application = getattr(module, name)
+    except AttributeError:
+        raise ImproperlyConfigured(
+            f"Cannot find {name!r} in ASGI_APPLICATION module {module_path!r}"
+        ) from None
+    return cast(ASGIApp, application)
+
+
+class ProtocolTypeRouter:
+    """Send each connection to the application mapped to its ``scope["type"]``.
+
+    ``lifespan`` is answered here unless the mapping has its own ``"lifespan"``
+    application: startup completes at once, and shutdown closes every channel
+    layer this process created. Without this, Channels' behaviour (raising for
+    the unmapped ``lifespan`` type) makes Hypercorn log "ASGI Framework Lifespan
+    error" at every start and leaves layer connections to die with the process.
+    """
+
+    def __init__(self, application_mapping: Mapping[str, ASGIApp]) -> None:
+        self.application_mapping = application_mapping
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # ``async def`` matters: Hypercorn recognises an ASGI 3 app by a
+        # coroutine-function ``__call__``.
+        scope_type = scope["type"]
+        application = self.application_mapping.get(scope_type)
+        if application is not None:
+            await application(scope, receive, send)
+        elif scope_type == "lifespan":
+            await self._lifespan(receive, send)
+        else:
+            known = ", ".join(repr(key) for key in self.application_mapping) or "none"
+            raise ValueError(
+                f"No application configured for scope type {scope_type!r} "
+                f"(configured types: {known})"
+            )
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        """The lifespan protocol: nothing to start, channel layers to close."""
+        while True:
+            message = await receive()
+            message_type = message.get("type")
+            if message_type == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message_type == "lifespan.shutdown":
+                try:
+                    await channel_layers.close_all()
+                except Exception as exc:
+                    logger.exception("Closing channel layers at lifespan shutdown failed")
+                    await send(
+                        {
+                            "type": "lifespan.shutdown.failed",
+                            "message": f"Closing channel layers failed: {exc!r}",
+                        }
+                    )
+                else:
+                    await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+class _Route(NamedTuple):
+    """One prepared ``URLRouter`` entry.
+
+    ``pattern`` is the matcher actually used: the user's own pattern for
+    endpoints, and a prefix-matching copy for routes that lead to another
+    router (the user's ``URLPattern`` is never modified, so it can be shared).
+    ``router`` is the nested ``URLRouter`` when one can be found, so that the
+    whole chain is resolved before any application is called.
+    """
+
+    pattern: Any
+    callback: ASGIApp
+    default_args: dict[str, Any]
+    router: URLRouter | None
+
+
+def _describe(route: URLPattern | URLResolver) -> str:
+    return repr(str(route.pattern))
+
+
+def _nested_router(application: object) -> tuple[bool, URLRouter | None]:
+    """Does ``application`` route on the rest of the path, and through which router?
+
+    Looks through middleware (anything keeping the wrapped app in ``.inner``, as
+    Channels' middleware does), so ``path("ws/", AuthMiddlewareStack(URLRouter(...)))``
+    is a prefix route. An app declaring ``_path_routing = True`` is one too, even
+    if no router can be reached inside it.
+    """
+    declared = getattr(application, "_path_routing", False) is True
+    current: object = application
+    for _ in range(32):  # bounded: a wrapper chain that loops must not hang us
+        if isinstance(current, URLRouter):
+            return True, current
+        current = getattr(current, "inner", None)
+        if current is None:
+            break
+    return declared, None
+
+
+def _prefix_pattern(route: URLPattern) -> Any:
+    """A pattern that matches the start of the path, for a route leading to a router.
+
+    ``path()`` anchors its regex at the end for endpoints, so we build a fresh,
+    non-endpoint ``RoutePattern`` from the same route text. A ``re_path()`` regex
+    only anchors if the author wrote ``$``; we refuse that rather than silently
+    editing their regex, because nothing could ever be left for the inner router.
+    """
+    pattern = route.pattern
+    if isinstance(pattern, RoutePattern):
+        # ``_route`` keeps a lazily translated route lazy; ``str(pattern)`` would not.
+        route_text = getattr(pattern, "_route", None) or str(pattern)
+        return RoutePattern(route_text, name=pattern.name, is_endpoint=False)
+    if isinstance(pattern, RegexPattern):
+        regex = str(pattern)
+        if (regex.endswith("$") and not regex.endswith(r"\$")) or regex.endswith(r"\Z"):
+            raise ImproperlyConfigured(
+                f"URLRouter route {_describe(route)} leads to a nested router but its "
+                "regex is anchored at the end; remove the trailing '$' so it matches "
+                "a prefix of the path"
+            )
+        return pattern
+    raise ImproperlyConfigured(
+        f"URLRouter route {_describe(route)} uses an unsupported pattern type "
+        f"{type(pattern).__name__}; use django.urls.path() or re_path()"
+    )
+
+
+def _prepare(routes: Iterable[object]) -> tuple[_Route, ...]:
+    prepared: list[_Route] = []
+    for index, route in enumerate(routes):
+        if isinstance(route, URLResolver):
+            raise ImproperlyConfigured(
+                f"URLRouter route {_describe(route)}: include() is not supported in "
+                "URLRouter. Nest another URLRouter instead: "
+                "path('prefix/', URLRouter([...]))"
+            )
+        if not isinstance(route, URLPattern):
+            raise ImproperlyConfigured(
+                f"URLRouter route #{index} is {route!r}; each route must be made with "
+                "django.urls.path() or django.urls.re_path()"
+            )
+        callback = route.callback
+        if isinstance(callback, type) and hasattr(callback, "as_asgi"):
+            raise ImproperlyConfigured(
+                f"URLRouter route {_describe(route)} points at the consumer class "
+                f"{callback.__qualname__}; route to {callback.__qualname__}.as_asgi() instead"
+            )
+        is_prefix, router = _nested_router(callback)
+        pattern = _prefix_pattern(route) if is_prefix else route.pattern
+        # Compile now (Django caches the compiled regex on the pattern), so the
+        # first connection does not pay for it and a bad regex fails at startup.
+        pattern.regex  # noqa: B018
+        prepared.append(_Route(pattern, callback, dict(route.default_args or {}), router))
+    return tuple(prepared)
+
+
+class URLRouter:
+    """Route a connection on its path, using Django ``path()`` / ``re_path()`` entries.
+
+    Captured arguments go into ``scope["url_route"] = {"args": ..., "kwargs": ...}``,
+    merged with those of enclosing routers. ``scope["path_remaining"]`` carries
+    the unmatched tail to nested routers, as in Channels. The outermost router
+    strips ``scope["root_path"]`` first.
+
+    A path no route matches is refused for the client (websocket handshake
+    denied, HTTP 404) and logged as one warning. Because a whole chain of nested
+    routers is resolved before anything is called, a nested router that does not
+    match simply lets the next route be tried.
+    """
+
+    #: Channels' marker for "this app routes on the rest of the path".
+    _path_routing = True
+
+    def __init__(self, routes: Iterable[URLPattern | URLResolver]) -> None:
+        self.routes = list(routes)
+        self._routes = _prepare(self.routes)
+
+    def _resolve(self, path: str) -> tuple[_Route, str, tuple[Any, ...], dict[str, Any]] | None:
+        """First route matching ``path`` (with any nested router matching too)."""
+        path = path.lstrip("/")
+        for route in self._routes:
+            match = route.pattern.match(path)
+            if not match:
+                continue
+            remaining, args, kwargs = match
+            if route.router is not None and route.router._resolve(remaining) is None:
+                continue
+            kwargs.update(route.default_args)
+            return route, remaining, tuple(args), kwargs
+        return None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path: str | None
+        if "path_remaining" in scope:
+            path = scope["path_remaining"]
+        else:
+            path = scope.get("path")
+            if path is None:
+                raise ValueError("No 'path' key in connection scope, cannot route URLs")
+            root_path = scope.get("root_path") or ""
+            if root_path:
+                path = self._strip_root_path(path, root_path)
+        resolved = self._resolve(path) if path is not None else None
+        if resolved is None:
+            await self._refuse(scope, receive, send)
+            return
+        route, remaining, args, kwargs = resolved
+        outer = scope.get("url_route") or {}
+        inner_scope = dict(
+            scope,
+            path_remaining=remaining,
+            url_route={
+                "args": tuple(outer.get("args", ())) + args,
+                "kwargs": {**outer.get("kwargs", {}), **kwargs},
+            },
+        )
+        await route.callback(inner_scope, receive, send)
+
+    @staticmethod
+    def _strip_root_path(path: str, root_path: str) -> str | None:
+        """``path`` without its ``root_path`` prefix, or ``None`` if it lies outside it.
+
+        ASGI puts the mount point in ``path`` too; the prefix must end at a
+        segment boundary, so root ``/app`` does not claim ``/application/``.
+        """
+        root = root_path.rstrip("/")
+        if path == root or path.startswith(root + "/"):
+            return path[len(root) :]
+        return None
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Turn the client away as its protocol expects, with one warning line."""
+        scope_type = scope.get("type")
+        full_path = scope.get("path")
+        if scope_type == "websocket":
+            logger.warning("No route found for path %r (websocket)", full_path)
+            message = await receive()
+            if message.get("type") != "websocket.disconnect":
+                # Closing before accepting makes the server reject the handshake (403).
+                await send({"type": "websocket.close"})
+        elif scope_type == "http":
+            logger.warning("No route found for path %r (http)", full_path)
+            while True:
+                message = await receive()
+                if message.get("type") == "http.disconnect":
+                    return
+                if message.get("type") == "http.request" and not message.get("more_body"):
+                    break
+            body = b"Not Found"
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 404,
+                    "headers": [
+                        (b"content-type", b"text/plain; charset=utf-8"),
+                        (b"content-length", str(len(body)).encode("ascii")),
+                    ],
+                }
+            )
+            await send({"type": "http.response.body", "body": body})
+        else:
+            raise ValueError(f"No route found for path {full_path!r} ({scope_type})")
+
+
+class ChannelNameRouter:
+    """Send each ``channel`` scope (worker mode) to the app mapped to ``scope["channel"]``."""
+
+    def __init__(self, application_mapping: Mapping[str, ASGIApp]) -> None:
+        self.application_mapping = application_mapping
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if "channel" not in scope:
+            raise ValueError(
+                "ChannelNameRouter got a scope without a 'channel' key. Is it only "
+                "being used for 'channel' type scopes (under ProtocolTypeRouter's "
+                "'channel' entry)?"
+            )
+        channel = scope["channel"]
+        application = self.application_mapping.get(channel)
+        if application is None:
+            known = ", ".join(repr(key) for key in self.application_mapping) or "none"
+            raise ValueError(
+                f"No application configured for channel name {channel!r} "
+                f"(configured channels: {known})"
+            )
+        await application(scope, receive, send)

@@ -1,0 +1,43 @@
+"""Thread-sensitive sync <-> async adapters that work on asyncio and trio.
+
+These are asgiref's own ``sync_to_async``, ``async_to_sync``,
+``SyncToAsync``, ``AsyncToSync`` and ``ThreadSensitiveContext``, re-exported
+rather than re-implemented. Django's async APIs (``aget``, ``asave``,
+sessions, ``aauthenticate``, ``Signal.asend``, ...) call asgiref directly, so
+a second implementation could never cover them; one set of classes, made
+loop-neutral, covers both user code and Django.
+
+asgiref only knows asyncio. On trio the runtime installs a bridge
+(:mod:`channels_runtime.compat.asgiref_trio`) that teaches these very classes
+to run on trio, keeping asgiref's semantics: thread-sensitive calls share one
+thread, ``async_to_sync`` inside a sync call runs on the calling loop, and
+nested thread-sensitive calls come back to the waiting thread. The runtime
+installs it when a consumer starts on trio; code that uses these adapters on
+trio outside a consumer (a script, a test) calls :func:`ensure_bridge` first.
+On asyncio nothing needs installing.
+
+The one behaviour that differs: cancelling a ``sync_to_async`` call on trio
+waits for the thread to finish before the cancellation propagates, while
+asgiref on asyncio returns at once and leaves the thread running.
+"""
+
+from __future__ import annotations
+
+from asgiref.sync import (
+    AsyncToSync,
+    SyncToAsync,
+    ThreadSensitiveContext,
+    async_to_sync,
+    sync_to_async,
+)
+
+from channels_runtime.compat.backend import ensure_bridge
+
+__all__ = [
+    "AsyncToSync",
+    "SyncToAsync",
+    "ThreadSensitiveContext",
+    "async_to_sync",
+    "ensure_bridge",
+    "sync_to_async",
+]

@@ -1,0 +1,344 @@
+"""Drive one ASGI application instance from a test, on asyncio or trio.
+
+:class:`ApplicationCommunicator` has the interface of Channels' (itself asgiref's):
+the test feeds the application messages with :meth:`~ApplicationCommunicator.send_input`
+and reads what it sends back with :meth:`~ApplicationCommunicator.receive_output`.
+Underneath, everything is anyio, so the same test runs on every backend.
+
+The application has to run concurrently with the test, and Channels' API has no
+block that could hold a task group: ``await comm.connect()`` starts the
+application and some later ``await comm.disconnect()`` ends it. So there are two
+ways to own the application's task:
+
+* ``async with Communicator(...) as comm:`` — the structured form. The application
+  runs in a task group that belongs to the ``async with`` block; leaving the block
+  cancels the application if it is still running and waits for it.
+* without ``async with`` — the Channels-compatible form. The application runs in a
+  detached task (see :mod:`channels_runtime.compat.tasks`) owned by the
+  communicator: :meth:`~ApplicationCommunicator.wait` (and so ``disconnect()``)
+  cancels it if it outstays its timeout, and waits for it to end. Communicators
+  whose application is still running are tracked per event loop, so a test harness
+  can stop the ones a test forgot with :func:`stop_background_communicators`.
+
+Either way the application runs in an empty :class:`contextvars.Context`, as under a
+real server (and as asgiref's communicator does), so context variables set by the
+test do not leak into it.
+"""
+
+# The ``timeout`` parameters are Channels' public API, kept for compatibility.
+# ruff: noqa: ASYNC109
+
+from __future__ import annotations
+
+import contextvars
+import math
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any, Self
+
+import anyio
+from anyio.abc import TaskGroup
+from anyio.lowlevel import RunVar
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from asgiref.compatibility import guarantee_single_callable
+
+from channels_runtime.compat.tasks import BackgroundTask, start_background_task
+from channels_runtime.db import keep_connections_open
+
+__all__ = ["ApplicationCommunicator", "stop_background_communicators"]
+
+Message = dict[str, Any]
+Scope = dict[str, Any]
+
+#: Communicators whose application runs detached and has not finished yet, per event
+#: loop (a RunVar lives and dies with its event loop, so nothing outlives the loop).
+_detached: RunVar[set[ApplicationCommunicator]] = RunVar("channels_runtime.testing.detached")
+
+
+def describe_message(message: object, limit: int = 300) -> str:
+    """``repr`` of a message for an assertion, shortened so a large payload stays readable."""
+    text = repr(message)
+    if len(text) > limit:
+        text = f"{text[: limit - 5]} ...{text[-1]}"
+    return text
+
+
+def _detached_communicators() -> set[ApplicationCommunicator]:
+    try:
+        return _detached.get()
+    except LookupError:
+        live: set[ApplicationCommunicator] = set()
+        _detached.set(live)
+        return live
+
+
+async def stop_background_communicators() -> list[ApplicationCommunicator]:
+    """Cancel every detached application still running in this event loop, and wait for them.
+
+    A test written in the Channels style that never calls ``disconnect()`` or ``wait()``
+    leaves its application running. With anyio's pytest plugin the event loop can
+    outlive the test (whenever a fixture of wider scope holds it open), and the
+    application would then keep running into the next test. Call this from the
+    teardown of an async fixture to make every test end with no application running;
+    it returns the communicators it had to stop, so the fixture can also complain
+    about them.
+    """
+    registry = _detached_communicators()
+    live = list(registry)
+    for communicator in live:
+        communicator._cancel()
+    for communicator in live:
+        await communicator._join()
+        registry.discard(communicator)
+    return live
+
+
+class ApplicationCommunicator:
+    """Runs one ASGI application instance and exchanges messages with it.
+
+    The application starts on first use (the first ``send_input``,
+    ``receive_output``, ``receive_nothing`` or ``wait``), so the test can still
+    adjust :attr:`scope` after construction, as in Channels.
+
+    If the application raises, the exception is kept and re-raised, with the
+    application's own traceback, by the next ``send_input``/``receive_output``/
+    ``receive_nothing``/``wait`` (and by leaving an ``async with`` block if it was
+    never raised before).
+    """
+
+    def __init__(self, application: Callable[..., Any], scope: Scope) -> None:
+        self.application = guarantee_single_callable(application)
+        self.scope = scope
+        # Unbounded, like the asyncio.Queues of asgiref's communicator: neither side
+        # of a test conversation should block on the other's backlog.
+        self._input_send: MemoryObjectSendStream[Message]
+        self._input_receive: MemoryObjectReceiveStream[Message]
+        self._input_send, self._input_receive = anyio.create_memory_object_stream[Message](math.inf)
+        self._output_send: MemoryObjectSendStream[Message]
+        self._output_receive: MemoryObjectReceiveStream[Message]
+        self._output_send, self._output_receive = anyio.create_memory_object_stream[Message](
+            math.inf
+        )
+        self._task_group: TaskGroup | None = None
+        self._background: BackgroundTask | None = None
+        self._registry: set[ApplicationCommunicator] | None = None
+        self._started = False
+        self._closed = False
+        # Created when the application starts: anyio primitives need a running loop.
+        self._cancel_scope: anyio.CancelScope | None = None
+        self._finished: anyio.Event | None = None
+        self._exception: BaseException | None = None
+        self._traceback: TracebackType | None = None
+        self._exception_reported = False
+
+    def __repr__(self) -> str:
+        kind = self.scope.get("type", "?")
+        path = self.scope.get("path")
+        where = f" {path}" if path is not None else ""
+        app = getattr(self.application, "__qualname__", None) or repr(self.application)
+        return f"<{type(self).__name__} {kind}{where} application={app}>"
+
+    # ----- the structured form -------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        """Give the application a task group owned by this ``async with`` block."""
+        if self._started or self._closed or self._task_group is not None:
+            raise RuntimeError(
+                f"{self!r} is already in use; enter 'async with' before its first call"
+            )
+        task_group = anyio.create_task_group()
+        await task_group.__aenter__()
+        self._task_group = task_group
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        """Cancel the application if it is still running, wait for it, surface its error."""
+        task_group = self._task_group
+        if task_group is None:
+            raise RuntimeError(f"{self!r} was not entered with 'async with'")
+        self._task_group = None
+        self._closed = True
+        self._cancel()
+        # The application task never raises (its errors are kept for the test), so the
+        # only thing the task group may have to propagate is a cancellation of the
+        # enclosing scope. Hand it only that: any other exception from the block must
+        # reach the test as it is, not wrapped in an exception group.
+        if exc is not None and isinstance(exc, anyio.get_cancelled_exc_class()):
+            await task_group.__aexit__(exc_type, exc, tb)
+            return False
+        await task_group.__aexit__(None, None, None)
+        app_exc = self._exception
+        if app_exc is not None and not self._exception_reported:
+            if exc is None:
+                self._raise_if_failed()
+            elif exc is not app_exc:
+                exc.add_note(f"The application under test had also raised: {app_exc!r}")
+        return False
+
+    # ----- running the application ---------------------------------------------------
+
+    def _ensure_started(self) -> None:
+        """Start the application instance, once, in whichever owner applies."""
+        if self._started:
+            return
+        if self._closed:
+            raise RuntimeError(f"{self!r}: its 'async with' block has already ended")
+        self._started = True
+        self._cancel_scope = anyio.CancelScope()
+        self._finished = anyio.Event()
+        name = f"channels_runtime.testing: {self!r}"
+        # A fresh, empty context: spawning copies the *current* context, so creating
+        # the task while this one is current gives the application nothing of the
+        # test's context variables.
+        empty = contextvars.Context()
+        task_group = self._task_group
+        if task_group is not None:
+            empty.run(lambda: task_group.start_soon(self._run_application, name=name))
+        else:
+            self._registry = _detached_communicators()
+            self._registry.add(self)
+            self._background = start_background_task(
+                self._run_application, name=name, context=empty
+            )
+
+    async def _run_application(self) -> None:
+        assert self._cancel_scope is not None
+        assert self._finished is not None
+        try:
+            # Like Channels' communicator, keep the test database's connections open
+            # while the application runs: closing them would end the test transaction.
+            with keep_connections_open(), self._cancel_scope:
+                await self.application(self.scope, self._input_receive.receive, self._send)
+        except BaseException as exc:
+            if isinstance(exc, anyio.get_cancelled_exc_class()):
+                # Not our scope's cancellation (that one the scope absorbed): an
+                # enclosing scope is shutting things down, and must see it.
+                raise
+            self._exception = exc
+            self._traceback = exc.__traceback__
+        finally:
+            # Closing the output stream lets a pending receive_output() notice the end
+            # at once (after draining what was sent), instead of sitting out its timeout.
+            self._output_send.close()
+            if self._registry is not None:
+                self._registry.discard(self)
+            self._finished.set()
+
+    async def _send(self, message: Message) -> None:
+        await self._output_send.send(message)
+
+    def _is_finished(self) -> bool:
+        assert self._finished is not None
+        # The background handle also counts: a detached task cancelled by event loop
+        # shutdown before its first step never runs _run_application at all.
+        return self._finished.is_set() or (self._background is not None and self._background.done)
+
+    async def _join(self) -> None:
+        assert self._finished is not None
+        if self._background is not None:
+            await self._background.wait()
+        else:
+            await self._finished.wait()
+
+    def _cancel(self) -> None:
+        if self._started and not self._is_finished():
+            assert self._cancel_scope is not None
+            self._cancel_scope.cancel()
+
+    async def _cancel_and_join(self) -> None:
+        self._cancel()
+        await self._join()
+
+    def _raise_if_failed(self) -> None:
+        exc = self._exception
+        if exc is not None:
+            self._exception_reported = True
+            # Restore the traceback as captured, so re-raising repeatedly does not pile
+            # up frames; the application's own frames stay at the bottom of it.
+            raise exc.with_traceback(self._traceback)
+
+    # ----- the Channels / asgiref interface ------------------------------------------
+
+    async def send_input(self, message: Message) -> None:
+        """Send one message to the application (starting it if needed).
+
+        Raises the application's exception instead, if it has already failed.
+        """
+        self._ensure_started()
+        self._raise_if_failed()
+        await self._input_send.send(message)
+
+    async def receive_output(self, timeout: float | None = 1) -> Message:
+        """Return the next message the application sends, waiting up to ``timeout`` seconds.
+
+        Raises the application's exception if it has failed. Raises :exc:`TimeoutError`
+        if nothing arrives in time — after cancelling the application, as asgiref does,
+        since a test that gave up on it should not leave it running — or at once if the
+        application has exited without sending anything more.
+        """
+        self._ensure_started()
+        self._raise_if_failed()
+        timed_out = True
+        with anyio.move_on_after(timeout):
+            try:
+                return await self._output_receive.receive()
+            except anyio.EndOfStream:
+                timed_out = False
+        if timed_out:
+            await self._cancel_and_join()
+        self._raise_if_failed()
+        if timed_out:
+            raise TimeoutError(
+                f"{self!r}: no message from the application within {timeout} seconds"
+                " (the application has been cancelled)"
+            )
+        raise TimeoutError(f"{self!r}: the application exited without sending a message")
+
+    async def receive_nothing(self, timeout: float = 0.1, interval: float = 0.01) -> bool:
+        """Return whether the application stays silent for ``timeout`` seconds.
+
+        Polls every ``interval`` seconds and leaves any message in place for a later
+        ``receive_output``. Raises the application's exception if it fails meanwhile.
+        """
+        self._ensure_started()
+        self._raise_if_failed()
+        deadline = anyio.current_time() + timeout
+        while True:
+            if self._output_receive.statistics().current_buffer_used:
+                return False
+            remaining = deadline - anyio.current_time()
+            if remaining <= 0:
+                break
+            await anyio.sleep(min(interval, remaining))
+        self._raise_if_failed()
+        return True
+
+    async def wait(self, timeout: float | None = 1) -> None:
+        """Wait for the application to finish; cancel it if it is still running after ``timeout``.
+
+        Returns normally in both cases, as asgiref's does; raises the application's
+        exception if it failed (including while being cancelled).
+        """
+        self._ensure_started()
+        with anyio.move_on_after(timeout):
+            await self._join()
+        await self._cancel_and_join()
+        self._raise_if_failed()
+
+    def stop(self, exceptions: bool = True) -> None:
+        """Cancel the application without waiting for it (asgiref's synchronous ``stop``).
+
+        If it has already finished and ``exceptions`` is true, raise what it raised
+        instead. Prefer ``await wait(0)``, which also waits for it to unwind.
+        """
+        if not self._started:
+            return
+        if not self._is_finished():
+            self._cancel()
+        elif exceptions:
+            self._raise_if_failed()

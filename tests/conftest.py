@@ -1,0 +1,91 @@
+"""Test configuration shared by the whole suite.
+
+Every ``@pytest.mark.anyio`` test runs once per event-loop backend: asyncio,
+asyncio with uvloop, and trio.
+"""
+
+from __future__ import annotations
+
+import os
+from urllib.parse import unquote, urlparse
+
+import django
+import pytest
+from django.conf import settings
+
+
+def postgres_settings() -> dict[str, object]:
+    """The ``pg`` alias: ``DATABASE_URL`` when set, else the machine's server on 127.0.0.1:5432."""
+    url = urlparse(os.environ.get("DATABASE_URL", "postgres://postgres@127.0.0.1:5432/test"))
+    return {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": unquote(url.path.lstrip("/")) or "test",
+        "USER": unquote(url.username or "postgres"),
+        "PASSWORD": unquote(url.password or ""),
+        "HOST": url.hostname or "127.0.0.1",
+        "PORT": str(url.port or 5432),
+        "CONN_MAX_AGE": 0,
+        "OPTIONS": {"application_name": f"channels-runtime-tests-{os.getpid()}"},
+    }
+
+
+if not settings.configured:
+    settings.configure(
+        DEBUG=False,
+        SECRET_KEY="channels-runtime-tests",
+        ALLOWED_HOSTS=["testserver", "localhost", "127.0.0.1"],
+        INSTALLED_APPS=[
+            "django.contrib.auth",
+            "django.contrib.contenttypes",
+            "django.contrib.sessions",
+            "channels_runtime",
+        ],
+        DATABASES={
+            "default": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"},
+            "pg": postgres_settings(),
+        },
+        CHANNEL_LAYERS={
+            "default": {"BACKEND": "channels_runtime.layers.InMemoryChannelLayer"},
+        },
+        ROOT_URLCONF=None,
+        USE_TZ=True,
+        DEFAULT_AUTO_FIELD="django.db.models.AutoField",
+    )
+    django.setup()
+
+
+@pytest.fixture(
+    params=[
+        pytest.param(("asyncio", {}), id="asyncio"),
+        pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop"),
+        pytest.param(("trio", {}), id="trio"),
+    ]
+)
+def anyio_backend(request: pytest.FixtureRequest) -> tuple[str, dict[str, object]]:
+    return request.param  # type: ignore[no-any-return]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_channel_layers() -> object:
+    """Each test starts with no cached channel layer, so no state leaks between tests."""
+    from channels_runtime.layers import channel_layers
+
+    channel_layers.backends = {}
+    yield
+    channel_layers.backends = {}
+
+
+@pytest.fixture
+async def _no_forgotten_communicators() -> object:
+    from channels_runtime.testing import stop_background_communicators
+
+    yield
+    leftovers = await stop_background_communicators()
+    assert leftovers == [], f"test left communicator applications running: {leftovers!r}"
+
+
+@pytest.fixture(autouse=True)
+def _communicator_cleanup(request: pytest.FixtureRequest) -> None:
+    """Async tests must not leave a communicator's application running."""
+    if "anyio_backend" in request.fixturenames:
+        request.getfixturevalue("_no_forgotten_communicators")
