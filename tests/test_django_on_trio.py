@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 from django.contrib import auth
 from django.contrib.auth.models import AnonymousUser, User
@@ -145,14 +146,15 @@ async def test_signal_asend_with_sync_and_async_receivers() -> None:
         return "sync"
 
     async def async_receiver(sender: object, **kwargs: Any) -> str:
-        await anyio.sleep(0)
+        await anyio.lowlevel.checkpoint()
         return "async"
 
     signal.connect(sync_receiver, weak=False)
     signal.connect(async_receiver, weak=False)
     responses = await signal.asend(sender=None)
     assert responses == [(sync_receiver, "sync"), (async_receiver, "async")]
-    assert sync_threads and sync_threads[0] != threading.get_ident()
+    assert sync_threads
+    assert sync_threads[0] != threading.get_ident()
 
 
 async def test_signal_asend_robust_collects_errors() -> None:
@@ -164,7 +166,7 @@ async def test_signal_asend_robust_collects_errors() -> None:
         raise sync_error
 
     async def async_receiver(sender: object, **kwargs: Any) -> None:
-        await anyio.sleep(0)
+        await anyio.lowlevel.checkpoint()
         raise async_error
 
     async def fine(sender: object, **kwargs: Any) -> int:
@@ -182,7 +184,7 @@ async def test_signal_asend_raises_the_first_receiver_error() -> None:
     second_finished = anyio.Event()
 
     async def fails_first(sender: object, **kwargs: Any) -> None:
-        await anyio.sleep(0)
+        await anyio.lowlevel.checkpoint()
         raise first
 
     async def fails_later(sender: object, **kwargs: Any) -> None:
@@ -210,7 +212,7 @@ async def test_signal_send_with_async_receiver_from_a_sync_thread(
     signal = Signal()
 
     async def async_receiver(sender: object, **kwargs: Any) -> str:
-        await anyio.sleep(0)
+        await anyio.lowlevel.checkpoint()
         return sniffio.current_async_library()
 
     signal.connect(async_receiver, weak=False)
@@ -267,8 +269,9 @@ async def test_many_concurrent_tasks_with_random_cancellation(anyio_backend_name
             def reached(next_step: int) -> None:
                 nonlocal step
                 step = next_step
-                if plan[index] is not None and plan[index][0] == next_step:
-                    scope.deadline = anyio.current_time() + plan[index][1]
+                planned = plan[index]
+                if planned is not None and planned[0] == next_step:
+                    scope.deadline = anyio.current_time() + planned[1]
 
             await anyio.sleep(rng.uniform(0.0, 0.2))
             reached(0)

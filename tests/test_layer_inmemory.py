@@ -49,9 +49,9 @@ def test_defaults_and_extensions() -> None:
 
 def test_unknown_kwargs_are_named() -> None:
     with pytest.raises(TypeError, match=r"unexpected keyword argument\(s\): hosts, symmetric"):
-        InMemoryChannelLayer(symmetric_encryption_keys=None, hosts=[])  # type: ignore[call-arg]
+        InMemoryChannelLayer(symmetric_encryption_keys=None, hosts=[])
     with pytest.raises(TypeError, match="hosts, symmetric_encryption_keys"):
-        InMemoryChannelLayer(symmetric_encryption_keys=None, hosts=[])  # type: ignore[call-arg]
+        InMemoryChannelLayer(symmetric_encryption_keys=None, hosts=[])
 
 
 @pytest.mark.parametrize(
@@ -150,7 +150,7 @@ async def test_channel_full_and_recovers() -> None:
     layer = InMemoryChannelLayer(capacity=2)
     await layer.send("test.cap", {"n": 1})
     await layer.send("test.cap", {"n": 2})
-    with pytest.raises(ChannelFull, match="test.cap"):
+    with pytest.raises(ChannelFull, match=r"test\.cap"):
         await layer.send("test.cap", {"n": 3})
     assert await layer.receive("test.cap") == {"n": 1}
     await layer.send("test.cap", {"n": 4})
@@ -276,28 +276,34 @@ def test_copy_message_types() -> None:
     }
     copied = copy_message(message)
     assert copied == {**message, "box": copied["box"]}
-    assert type(copied["t"]) is tuple and copied["t"][1] is not message["t"][1]
-    assert type(copied["od"]) is OrderedDict and copied["od"]["a"] is not message["od"]["a"]
-    assert copied["box"] is not box and copied["box"].items == [1]
+    assert type(copied["t"]) is tuple
+    assert copied["t"][1] is not message["t"][1]
+    assert type(copied["od"]) is OrderedDict
+    assert copied["od"]["a"] is not message["od"]["a"]
+    assert copied["box"] is not box
+    assert copied["box"].items == [1]
     assert copied["box"].items is not box.items
     assert copied["s"] is message["s"]  # immutable leaves are shared, not copied
 
     sub = OrderedDict(type="x", items=[1])
     sub_copy = copy_message(sub)
-    assert type(sub_copy) is OrderedDict and sub_copy["items"] is not sub["items"]
+    assert type(sub_copy) is OrderedDict
+    assert sub_copy["items"] is not sub["items"]
 
 
 def test_copy_message_cycles_and_depth() -> None:
     cyclic: dict[str, Any] = {"type": "x", "inner": {}}
     cyclic["inner"]["back"] = cyclic
     copied = copy_message(cyclic)
-    assert copied is not cyclic and copied["inner"]["back"] is copied  # deepcopy fallback
+    assert copied is not cyclic
+    assert copied["inner"]["back"] is copied
 
     deep: Any = []
     for _ in range(150):  # deeper than the fast copy goes: deepcopy takes over
         deep = [deep]
     copied_deep = copy_message({"deep": deep})
-    assert copied_deep["deep"] is not deep and copied_deep == {"deep": deep}
+    assert copied_deep["deep"] is not deep
+    assert copied_deep == {"deep": deep}
 
 
 # -- expiry ---------------------------------------------------------------------------
@@ -336,7 +342,8 @@ async def test_abandoned_channels_are_released_after_expiry() -> None:
     await layer.send("someone.else", {"type": "x"})  # any operation sweeps
     assert set(layer._channels) == {"someone.else"}
     # A channel whose message expired has left its groups (as in Channels).
-    assert layer._groups == {} and layer._member_of == {}
+    assert layer._groups == {}
+    assert layer._member_of == {}
 
 
 async def test_group_membership_expires_and_renews() -> None:
@@ -408,7 +415,8 @@ async def test_group_add_discard() -> None:
     assert await layer.receive("b") == {"type": "x"}
     await nothing_arrives(layer, "a")
     await layer.group_discard("room", "b")
-    assert layer._groups == {} and layer._member_of == {}
+    assert layer._groups == {}
+    assert layer._member_of == {}
     await layer.group_send("room", {"type": "to nobody"})
     await layer.group_send("never.existed", {"type": "to nobody"})
 
@@ -529,9 +537,9 @@ async def test_handed_message_outlives_swept_channel(anyio_backend: Any) -> None
     await layer.receive("swept")
     waiter = asyncio.ensure_future(layer.receive("swept"))
     await anyio.wait_all_tasks_blocked()
-    time.sleep(0.1)  # blocking on purpose: the waiter must not run yet
+    time.sleep(0.1)  # noqa: ASYNC251 - blocking on purpose: the waiter must not run yet
     await layer.send("swept", {"n": 1})  # handed over, expires at t0 + 0.3
-    time.sleep(0.12)
+    time.sleep(0.12)  # noqa: ASYNC251
     await layer.send("elsewhere", {"type": "x"})  # sweeps "swept": it looks idle
     assert "swept" not in layer._channels
     waiter.cancel()
@@ -547,7 +555,7 @@ async def test_handed_message_past_expiry_is_dropped(anyio_backend: Any) -> None
     waiter = asyncio.ensure_future(layer.receive("late"))
     await anyio.wait_all_tasks_blocked()
     await layer.send("late", {"n": 1})
-    time.sleep(AFTER_EXPIRY)  # blocking on purpose: the waiter must not run yet
+    time.sleep(AFTER_EXPIRY)  # noqa: ASYNC251 - blocking on purpose: the waiter must not run
     waiter.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiter
@@ -565,7 +573,8 @@ async def test_flush_drops_messages_and_groups() -> None:
     await nothing_arrives(layer, "f.chan")
     await layer.group_send("room", {"type": "x"})
     await nothing_arrives(layer, "f.member")
-    assert layer._groups == {} and layer._member_of == {}
+    assert layer._groups == {}
+    assert layer._member_of == {}
 
 
 @pytest.mark.parametrize("method", ["flush", "close"])
@@ -593,7 +602,9 @@ async def test_close_releases_everything_and_is_repeatable() -> None:
     await layer.group_add("room", "c.chan")
     await layer.close()
     await layer.close()
-    assert layer._channels == {} and layer._groups == {} and len(layer._timeline) == 0
+    assert layer._channels == {}
+    assert layer._groups == {}
+    assert len(layer._timeline) == 0
     await layer.send("c.chan", {"type": "y"})  # still usable
     assert await layer.receive("c.chan") == {"type": "y"}
 

@@ -11,7 +11,6 @@ import concurrent.futures
 import contextvars
 import threading
 import time
-from collections.abc import Iterator
 
 import anyio
 import anyio.lowlevel
@@ -42,9 +41,8 @@ class Boom(Exception):
 
 
 @pytest.fixture(autouse=True, scope="module")
-def _bridge() -> Iterator[None]:
+def _bridge() -> None:
     asgiref_trio.install()
-    yield
 
 
 def test_install_is_idempotent_and_thread_safe() -> None:
@@ -125,7 +123,7 @@ async def test_nested_calls_come_back_to_the_waiting_thread(anyio_backend_name: 
 
     async def inner() -> str:
         async_frames.append((sniffio.current_async_library(), anyio.lowlevel.current_token()))
-        await anyio.sleep(0)
+        await anyio.lowlevel.checkpoint()
         return await sync_to_async(innermost)()
 
     def middle() -> str:
@@ -185,7 +183,7 @@ async def test_exceptions_propagate_unchanged(thread_sensitive: bool) -> None:
     assert info.value is error
 
     async def fail_async() -> None:
-        await anyio.sleep(0)
+        await anyio.lowlevel.checkpoint()
         raise error
 
     def through_async() -> None:
@@ -332,7 +330,7 @@ async def test_async_to_sync_restores_the_parent_executor() -> None:
         before = getattr(AsyncToSync.executors, "current", None)
 
         async def noop() -> None:
-            await anyio.sleep(0)
+            await anyio.lowlevel.checkpoint()
 
         async_to_sync(noop)()
         async_to_sync(noop)()

@@ -6,6 +6,17 @@ or from this package directly.
 """
 
 from .http import AsyncHttpConsumer
-from .websocket import AsyncJsonWebsocketConsumer, AsyncWebsocketConsumer
+from .websocket import (
+    AsyncJsonWebsocketConsumer,
+    AsyncWebsocketConsumer,
+    JsonWebsocketConsumer,
+    WebsocketConsumer,
+)
 
-__all__ = ["AsyncHttpConsumer", "AsyncJsonWebsocketConsumer", "AsyncWebsocketConsumer"]
+__all__ = [
+    "AsyncHttpConsumer",
+    "AsyncJsonWebsocketConsumer",
+    "AsyncWebsocketConsumer",
+    "JsonWebsocketConsumer",
+    "WebsocketConsumer",
+]

@@ -17,8 +17,9 @@ from typing import Any
 import anyio
 
 from ..asgi import Message, Receive, Scope, Send
-from ..consumer import AsyncConsumer
+from ..consumer import AsyncConsumer, SyncConsumer
 from ..exceptions import AcceptConnection, DenyConnection, InvalidChannelLayerError, StopConsumer
+from ..sync import async_to_sync
 from .http import BytesLike, HeadersArg, encode_headers
 
 logger = logging.getLogger(__name__)
@@ -110,18 +111,21 @@ async def _resolve(value: Any) -> Any:
 # -- consumers ----------------------------------------------------------------
 
 
-class AsyncWebsocketConsumer(AsyncConsumer):
-    """A WebSocket connection handled with ``connect``/``receive``/``disconnect``.
+class GroupMembership:
+    """Joining :attr:`groups` on connect and leaving them however the connection ends.
 
-    Channels listed in :attr:`groups` are joined before :meth:`connect` runs and
-    left when the connection ends — also when a handler raises or the consumer
-    is cancelled, so a crashed connection does not keep receiving group
-    messages until the membership expires.
+    Shared by the async and sync WebSocket consumers. Groups are left in the
+    normal disconnect path and, failing that, when the instance is torn down
+    by an error or a cancellation, so a crashed connection does not keep
+    receiving group messages until the membership expires.
     """
 
     #: Groups joined on connect and left on disconnect (needs a channel layer).
     groups: list[str] | None = None
 
+    channel_layer: Any
+    channel_layer_alias: str
+    channel_name: str
     _groups_left: bool = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -131,12 +135,10 @@ class AsyncWebsocketConsumer(AsyncConsumer):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            await super().__call__(scope, receive, send)
+            await super().__call__(scope, receive, send)  # type: ignore[misc]
         finally:
             if not self._groups_left:
                 await self._leave_groups_on_teardown()
-
-    # -- groups ---------------------------------------------------------------
 
     async def _join_groups(self) -> None:
         groups = self.groups or []
@@ -182,6 +184,14 @@ class AsyncWebsocketConsumer(AsyncConsumer):
                 )
         except Exception:
             logger.exception("%s: could not leave groups %r", type(self).__qualname__, self.groups)
+
+
+class AsyncWebsocketConsumer(GroupMembership, AsyncConsumer):
+    """A WebSocket connection handled with ``connect``/``receive``/``disconnect``.
+
+    Channels listed in :attr:`groups` are joined before :meth:`connect` runs and
+    left when the connection ends (see :class:`GroupMembership`).
+    """
 
     # -- connection lifecycle --------------------------------------------------
 
@@ -309,10 +319,125 @@ class AsyncJsonWebsocketConsumer(AsyncWebsocketConsumer):
         return json.dumps(content)
 
 
+class WebsocketConsumer(GroupMembership, SyncConsumer):
+    """The synchronous :class:`AsyncWebsocketConsumer`: handlers are plain methods.
+
+    ``connect``, ``receive`` and ``disconnect`` run in the thread-sensitive
+    thread, where the ORM can be used directly; ``accept``, ``send`` and
+    ``close`` hand their message to the event loop and return once it is
+    delivered to the server. Groups are joined and left as in the async
+    consumer (see :class:`GroupMembership`).
+    """
+
+    def websocket_connect(self, message: Message) -> None:
+        """Join :attr:`groups`, then run :meth:`connect`, honouring Accept/DenyConnection."""
+        async_to_sync(self._join_groups)()
+        try:
+            self.connect()
+        except AcceptConnection:
+            self.accept()
+        except DenyConnection:
+            self.close()
+
+    def connect(self) -> None:
+        """Decide whether to accept the connection; the default accepts."""
+        self.accept()
+
+    def accept(self, subprotocol: str | None = None, headers: HeadersArg | None = None) -> None:
+        """Accept the connection, optionally choosing a subprotocol and adding headers."""
+        super().send(websocket_accept_message(subprotocol, headers))
+
+    def websocket_receive(self, message: Message) -> None:
+        """Unpack a frame and pass its text or bytes (only the one present) to :meth:`receive`."""
+        self.receive(**websocket_frame_data(message))
+
+    def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        """Handle one frame; exactly one argument is given. The default ignores it."""
+
+    def send(  # type: ignore[override]
+        self,
+        text_data: str | None = None,
+        bytes_data: BytesLike | None = None,
+        close: bool | int = False,
+    ) -> None:
+        """Send one text or binary frame; ``close`` (True or a close code) closes afterwards."""
+        super().send(websocket_send_message(text_data, bytes_data))
+        if close:
+            self.close(close)
+
+    def close(self, code: int | bool | None = None, reason: str | None = None) -> None:
+        """Close the connection (or refuse it, if not yet accepted)."""
+        super().send(websocket_close_message(code, reason))
+
+    def websocket_disconnect(self, message: Message) -> None:
+        """Leave :attr:`groups`, run :meth:`disconnect`, and end the consumer."""
+        try:
+            async_to_sync(self._leave_groups)()
+        finally:
+            self.disconnect(message.get("code", 1005))
+        raise StopConsumer()
+
+    def disconnect(self, code: int) -> None:
+        """Cleanup hook for when the connection has closed; the default does nothing."""
+
+
+class JsonWebsocketConsumer(WebsocketConsumer):
+    """The synchronous :class:`AsyncJsonWebsocketConsumer`.
+
+    Invalid JSON is handled as in the async variant: a warning and a close
+    with 1007, overridable through :meth:`receive_invalid_json`.
+    """
+
+    def receive(
+        self, text_data: str | None = None, bytes_data: bytes | None = None, **kwargs: Any
+    ) -> None:
+        if text_data is None:
+            raise ValueError("No text section for incoming WebSocket frame!")
+        try:
+            content = self.decode_json(text_data)
+        except ValueError as exc:
+            self.receive_invalid_json(text_data, exc)
+            return
+        self.receive_json(content, **kwargs)
+
+    def receive_json(self, content: Any, **kwargs: Any) -> None:
+        """Handle one decoded JSON document. The default ignores it."""
+
+    def receive_invalid_json(self, text_data: str, error: ValueError) -> None:
+        """A text frame could not be decoded: log a warning and close with 1007."""
+        logger.warning(
+            "%s.%s received a WebSocket text frame that is not valid JSON (%s) on %r; "
+            "closing the connection with code %d",
+            type(self).__module__,
+            type(self).__qualname__,
+            error,
+            self.scope.get("path", ""),
+            CLOSE_CODE_INVALID_PAYLOAD,
+        )
+        self.close(code=CLOSE_CODE_INVALID_PAYLOAD)
+
+    def send_json(self, content: Any, close: bool | int = False) -> None:
+        """Encode ``content`` with :meth:`encode_json` and send it as a text frame."""
+        super().send(text_data=self.encode_json(content), close=close)
+
+    @classmethod
+    def decode_json(cls, text_data: str) -> Any:
+        """Parse a text frame (``json.loads``); override to use another decoder."""
+        return json.loads(text_data)
+
+    @classmethod
+    def encode_json(cls, content: Any) -> str:
+        """Serialise outgoing content (``json.dumps``); override to use another encoder."""
+        return json.dumps(content)
+
+
 __all__ = [
     "CLOSE_CODE_INVALID_PAYLOAD",
     "AsyncJsonWebsocketConsumer",
     "AsyncWebsocketConsumer",
+    "GroupMembership",
+    "JsonWebsocketConsumer",
+    "WebsocketConsumer",
     "websocket_accept_message",
     "websocket_close_message",
     "websocket_frame_data",

@@ -110,7 +110,8 @@ class BaseChannelLayer:
         With ``receive=True`` a process-specific name must end at its ``!``
         (layers that receive on full specific names override this).
         """
-        if not self.match_type_and_length(name) or not self.channel_name_regex.match(name):
+        # fullmatch, not match: "$" alone would also accept a trailing newline.
+        if not self.match_type_and_length(name) or not self.channel_name_regex.fullmatch(name):
             raise TypeError(self.invalid_name_error.format("Channel", name))
         if receive and "!" in name and not name.endswith("!"):
             raise TypeError(f"Specific channel names in receive() must end at the !, not {name!r}")
@@ -118,7 +119,7 @@ class BaseChannelLayer:
 
     def require_valid_group_name(self, name: str) -> bool:
         """Raise ``TypeError`` naming ``name`` unless it is a valid group name."""
-        if not self.match_type_and_length(name) or not self.group_name_regex.match(name):
+        if not self.match_type_and_length(name) or not self.group_name_regex.fullmatch(name):
             raise TypeError(self.invalid_name_error.format("Group", name))
         return True
 

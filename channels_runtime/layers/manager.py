@@ -27,10 +27,13 @@ def _import_backend(path: str, alias: str) -> type[BaseChannelLayer]:
         importlib.import_module(module_path)
     except ModuleNotFoundError as exc:
         # Only a configuration error if the missing module is the backend's own path.
-        if exc.name is not None and module_path.startswith(exc.name):
+        missing = exc.name
+        if missing is not None and (
+            module_path == missing or module_path.startswith(missing + ".")
+        ):
             raise InvalidChannelLayerError(
                 f"Cannot import BACKEND {path!r} specified for channel layer {alias!r}: "
-                f"no module named {exc.name!r}"
+                f"no module named {missing!r}"
             ) from exc
         raise
     try:

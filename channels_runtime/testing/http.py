@@ -52,6 +52,10 @@ class HttpCommunicator(ApplicationCommunicator):
         The result has ``status``, ``headers`` and ``body`` — the chunks of a streamed
         (``more_body``) response joined — plus any other keys of the
         ``http.response.start`` message. ``timeout`` applies to each message.
+
+        Once the response is complete the application receives ``http.disconnect``
+        (what a server answers after a response, per the ASGI spec) and is given
+        ``timeout`` to finish; an exception it raises then is raised here.
         """
         if not self.sent_request:
             self.sent_request = True
@@ -80,4 +84,9 @@ class HttpCommunicator(ApplicationCommunicator):
         response = {key: value for key, value in start.items() if key != "type"}
         response.setdefault("headers", [])
         response["body"] = b"".join(chunks)
+        # The exchange is over: as a server does, answer any further receive() with
+        # http.disconnect, and let the application finish, so an error it raises after
+        # responding reaches the test instead of being lost with a task left running.
+        await self.send_input({"type": "http.disconnect"})
+        await self.wait(timeout)
         return response

@@ -1,0 +1,1044 @@
+"""The Redis channel layer: the in-memory layer's semantics, shared between
+processes and hosts through one or more Redis servers.
+
+How the pieces fit (the *why* of each is in the docstrings below):
+
+* every operation is one Lua script run in one round trip (``group_send``: one
+  per shard involved, or one in all when there is a single shard);
+* normal channels are Redis lists; each ``receive`` blocks in ``BLPOP``;
+* process-specific channels (``new_channel()``, ``"…!…"``) of one layer share one
+  Redis list per layer instance. Whichever ``receive`` call is waiting first
+  reads that list for everyone and hands messages to the other waiting
+  receivers or buffers them ("receive lock" pattern); when it has its own
+  message, or is cancelled, it passes the role to another waiting receiver.
+  So there is no background task at all: all work happens inside the callers'
+  own tasks, under their cancel scopes, and nothing is left running when they
+  stop;
+* connections are per event loop (see :class:`_LoopState`), so the layer can be
+  used from one ``anyio.run`` after another, and from several loops in threads.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import random
+import string
+import time
+import weakref
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import Any, ClassVar
+
+import anyio
+import anyio.lowlevel
+
+from ...exceptions import ChannelFull
+from ..base import BaseChannelLayer, CapacityPattern, Message
+from . import scripts
+from .hosts import (
+    HostSpec,
+    SentinelError,
+    ServerTime,
+    decode_hosts,
+    describe_all,
+    open_connection,
+    shard_index,
+)
+from .protocol import CONNECTION_ERRORS, Connection, ReplyError, encode_command
+from .serializer import MessageSerializer
+
+__all__ = ["RedisChannelLayer", "RedisUnavailable"]
+
+logger = logging.getLogger("channels_runtime.layers.redis")
+
+_monotonic = time.monotonic
+_LETTER_TABLE = bytes(ord(string.ascii_letters[i % 52]) for i in range(256))
+
+#: Error replies that mean "not now" rather than "wrong": the command was not
+#: run, so it is safe to retry, on a fresh connection (a READONLY replica is
+#: what a failed-over master looks like before Sentinel has told us).
+_TRANSIENT_REPLIES = frozenset({"LOADING", "READONLY", "MASTERDOWN", "TRYAGAIN", "BUSY"})
+_LOST = object()
+
+
+class RedisUnavailable(ConnectionError):
+    """Redis could not be reached, or the connection broke, within the layer's
+    retry budget. The operation may not have happened; a ``send`` that was
+    written before the connection broke may or may not have been queued."""
+
+
+class _Transient(Exception):
+    """A transient error reply, raised as a connection problem."""
+
+
+_FAILURES = (*CONNECTION_ERRORS, SentinelError, _Transient)
+
+
+def _loop_is_dead(token: Any) -> bool:
+    """Whether the event loop behind an anyio native token has finished.
+
+    Duck-typed so no event-loop library is imported here: an asyncio loop has
+    ``is_closed()``; a trio token's ``run_sync_soon`` raises ``RunFinishedError``
+    (a ``RuntimeError``) once its run is over.
+    """
+    is_closed = getattr(token, "is_closed", None)
+    if is_closed is not None:
+        return bool(is_closed())
+    run_sync_soon = getattr(token, "run_sync_soon", None)
+    if run_sync_soon is not None:
+        try:
+            run_sync_soon(lambda: None)
+        except RuntimeError:
+            return True
+    return False
+
+
+async def _close_all(conns: list[Connection]) -> None:
+    """Close connections without waiting on their peers; shielded, so that a
+    cancellation arriving meanwhile cannot leave some of them open."""
+    with anyio.CancelScope(shield=True):
+        for conn in conns:
+            await conn.aclose()
+
+
+class _Shard:
+    """One Redis server as seen from one event loop: its idle connections, the
+    cap on connections busy with ordinary commands, and its clock offset.
+
+    Blocking reads (``BLPOP``) get connections outside the cap: each waits for
+    as long as its receiver does, so counting them would let idle receivers
+    starve senders. After any connection failure the pool's generation moves on
+    and every connection of the old generation is closed instead of reused:
+    they very likely point at the same dead server process.
+    """
+
+    __slots__ = (
+        "busy",
+        "clock",
+        "generation",
+        "idle",
+        "index",
+        "layer",
+        "limit",
+        "outage_since",
+        "queue",
+        "spec",
+    )
+
+    def __init__(self, layer: RedisChannelLayer, index: int, spec: HostSpec) -> None:
+        self.layer = layer
+        self.index = index
+        self.spec = spec
+        self.idle: list[Connection] = []
+        self.busy = 0
+        self.limit = spec.max_connections or layer.max_connections
+        self.queue: deque[anyio.Event] = deque()
+        self.generation = 0
+        self.clock = layer._clocks[index]
+        self.outage_since: float | None = None
+
+    async def lease(self) -> Connection:
+        """A connection for one ordinary command (waits while the cap is reached)."""
+        if self.busy >= self.limit:
+            await self._wait_turn()
+        self.busy += 1
+        try:
+            return await self._take()
+        except BaseException:
+            self._done()
+            raise
+
+    async def _take(self) -> Connection:
+        idle = self.idle
+        while idle:
+            conn = idle.pop()
+            if conn.generation == self.generation:
+                return conn
+            await _close_all([conn])
+        return await open_connection(
+            self.spec, self.generation, self.clock, self.layer.connect_timeout
+        )
+
+    async def _wait_turn(self) -> None:
+        while self.busy >= self.limit:
+            event = anyio.Event()
+            self.queue.append(event)
+            try:
+                await event.wait()
+            except BaseException:
+                try:
+                    self.queue.remove(event)
+                except ValueError:
+                    # We were woken and are leaving: wake the next in line instead.
+                    self._wake_next()
+                raise
+
+    def _wake_next(self) -> None:
+        if self.queue and self.busy < self.limit:
+            self.queue.popleft().set()
+
+    def _done(self) -> None:
+        self.busy -= 1
+        self._wake_next()
+
+    async def lease_blocking(self) -> Connection:
+        """A connection for a blocking read, not counted against the cap."""
+        return await self._take()
+
+    async def release(self, conn: Connection, *, blocking: bool = False) -> None:
+        """Take back a connection whose last reply was read in full."""
+        if not blocking:
+            self._done()
+        if conn.generation == self.generation and len(self.idle) < self.limit:
+            self.idle.append(conn)
+        else:
+            await _close_all([conn])
+
+    async def discard(
+        self, conn: Connection, *, blocking: bool = False, fault: bool = True
+    ) -> None:
+        """Close a connection that cannot be reused. With ``fault``, it broke:
+        retire every idle connection of its generation as well."""
+        if not blocking:
+            self._done()
+        stale = [conn]
+        if fault and conn.generation == self.generation:
+            self.generation += 1
+            stale += self.idle
+            self.idle = []
+        await _close_all(stale)
+
+    async def close(self) -> None:
+        """Close idle connections; busy ones are closed when they come back."""
+        self.generation += 1
+        stale, self.idle = self.idle, []
+        await _close_all(stale)
+
+    def outage(self, exc: BaseException) -> None:
+        if self.outage_since is None:
+            self.outage_since = _monotonic()
+            logger.warning(
+                "Redis at %s is unreachable (%r); receivers will keep retrying",
+                self.spec.describe(),
+                exc,
+            )
+
+    def recovered(self) -> None:
+        if self.outage_since is not None:
+            logger.warning(
+                "Redis at %s is reachable again after %.1fs",
+                self.spec.describe(),
+                _monotonic() - self.outage_since,
+            )
+            self.outage_since = None
+
+
+class _Waiter:
+    """One ``receive`` call waiting on a process-specific channel.
+
+    Woken (``event``) either with a message in ``message`` or because it has
+    been handed the reader role (the layer's ``reader`` is then this waiter).
+    """
+
+    __slots__ = ("channel", "deadline", "event", "message")
+
+    def __init__(self, channel: str) -> None:
+        self.channel = channel
+        self.event = anyio.Event()
+        self.message: Any = None
+        self.deadline = 0.0
+
+
+class _Local:
+    """The process-specific channels of one layer in one event loop: messages
+    read from Redis but not yet received (``buffers``, local monotonic
+    deadlines), the receivers waiting, and which of them reads Redis.
+
+    Buffers are bounded three ways: each by its channel's capacity, all
+    together by ``max_buffered``, and in time by message expiry, swept lazily
+    through a heap of (next deadline, buffer). A message that does not fit is
+    dropped, as a full channel drops a message in the in-memory layer.
+    """
+
+    __slots__ = ("buffered", "buffers", "heap", "reader", "seq", "waiters")
+
+    def __init__(self) -> None:
+        self.buffers: dict[str, deque[tuple[float, Any]]] = {}
+        self.waiters: dict[str, deque[_Waiter]] = {}
+        self.reader: _Waiter | None = None
+        self.heap: list[tuple[float, int, str, deque[tuple[float, Any]]]] = []
+        self.buffered = 0
+        self.seq = 0
+
+    def sweep(self, now: float) -> None:
+        heap = self.heap
+        buffers = self.buffers
+        while heap and heap[0][0] <= now:
+            _, _, name, buf = heapq.heappop(heap)
+            if buffers.get(name) is not buf:
+                continue  # emptied and replaced since
+            while buf and buf[0][0] <= now:
+                buf.popleft()
+                self.buffered -= 1
+            if buf:
+                self.seq += 1
+                heapq.heappush(heap, (buf[0][0], self.seq, name, buf))
+            else:
+                del buffers[name]
+
+    def take(self, channel: str, now: float) -> Any:
+        """The oldest live buffered message of ``channel``, or ``None``."""
+        buf = self.buffers.get(channel)
+        if buf is None:
+            return None
+        message = None
+        while buf:
+            deadline, candidate = buf.popleft()
+            self.buffered -= 1
+            if deadline > now:
+                message = candidate
+                break
+        if not buf:
+            del self.buffers[channel]
+        return message
+
+    def deliver(
+        self, channel: str, message: Any, deadline: float, capacity: int, limit: int, front: bool
+    ) -> bool:
+        """Hand ``message`` to the first receiver waiting on ``channel``, else
+        buffer it. ``front`` puts it before the buffered ones (a message given
+        back by a cancelled receiver was the oldest). False if dropped."""
+        waiters = self.waiters.get(channel)
+        if waiters:
+            waiter = waiters.popleft()
+            if not waiters:
+                del self.waiters[channel]
+            waiter.message = message
+            waiter.deadline = deadline
+            waiter.event.set()
+            return True
+        buf = self.buffers.get(channel)
+        if buf is None:
+            buf = self.buffers[channel] = deque()
+        elif (len(buf) >= capacity or self.buffered >= limit) and not front:
+            return False
+        if front:
+            buf.appendleft((deadline, message))
+        else:
+            buf.append((deadline, message))
+        self.buffered += 1
+        if len(buf) == 1 or front:
+            self.seq += 1
+            heapq.heappush(self.heap, (buf[0][0], self.seq, channel, buf))
+        return True
+
+    def withdraw(self, waiter: _Waiter) -> None:
+        waiters = self.waiters.get(waiter.channel)
+        if waiters is not None:
+            try:
+                waiters.remove(waiter)
+            except ValueError:
+                pass
+            if not waiters:
+                del self.waiters[waiter.channel]
+
+    def pass_reader_role(self, leaving: _Waiter) -> None:
+        """``leaving`` stops reading: make the longest-registered other waiter
+        the reader, or nobody if none is waiting."""
+        if self.reader is not leaving:
+            return
+        self.reader = None
+        for waiters in self.waiters.values():
+            for waiter in waiters:
+                if waiter is not leaving:
+                    self.reader = waiter
+                    waiter.event.set()
+                    return
+
+    def clear(self) -> None:
+        self.buffers.clear()
+        self.heap.clear()
+        self.buffered = 0
+
+
+class _LoopState:
+    """Everything the layer keeps that belongs to one event loop.
+
+    Connections (anyio streams) and events only work in the loop that made
+    them, so each running loop gets its own; the layer finds it from anyio's
+    native loop token. A loop that has finished is noticed the next time a
+    state is made, and its state dropped.
+    """
+
+    __slots__ = ("__weakref__", "local", "shards", "token_ref")
+
+    def __init__(self, layer: RedisChannelLayer, token: Any) -> None:
+        self.token_ref = weakref.ref(token)
+        self.shards = [_Shard(layer, i, spec) for i, spec in enumerate(layer.hosts)]
+        self.local = _Local()
+
+
+class RedisChannelLayer(BaseChannelLayer):
+    """A channel layer stored in Redis, configured like channels_redis.
+
+    ``CHANNEL_LAYERS = {"default": {"BACKEND":
+    "channels_runtime.layers.redis.RedisChannelLayer", "CONFIG": {"hosts":
+    ["redis://localhost:6379/0"]}}}``
+
+    Delivery is at most once: a message is handed to at most one receiver, and
+    may be lost if Redis loses it (restart without persistence), if the
+    connection breaks while a popped message is on its way, or when a
+    process-local buffer is full. See ``docs/scaling-out.md``.
+
+    ``random_prefix_length`` is accepted so channels_redis settings carry over,
+    and ignored: messages are list elements here, which need no random prefix to
+    stay distinct.
+    """
+
+    extensions: ClassVar[list[str]] = ["groups", "flush"]
+
+    #: Seconds a ``BLPOP`` blocks server-side before being re-issued. A reply
+    #: that takes longer than this plus ``socket_timeout`` marks the connection dead.
+    blpop_timeout: ClassVar[float] = 5.0
+    #: How many messages the process reader takes per round trip.
+    receive_batch: ClassVar[int] = 100
+    #: Receivers retry a lost Redis forever, backing off between these bounds.
+    backoff_min: ClassVar[float] = 0.05
+    backoff_max: ClassVar[float] = 2.0
+
+    def __init__(
+        self,
+        hosts: Sequence[Any] | None = None,
+        prefix: str = "asgi",
+        expiry: float = 60,
+        group_expiry: float = 86400,
+        capacity: int = 100,
+        channel_capacity: Mapping[CapacityPattern, int] | None = None,
+        symmetric_encryption_keys: Iterable[str | bytes] | None = None,
+        random_prefix_length: int = 12,
+        serializer_format: str = "msgpack",
+        *,
+        max_message_size: int | None = 1024 * 1024,
+        max_connections: int = 64,
+        connect_timeout: float = 2.0,
+        socket_timeout: float = 10.0,
+        retry_budget: float = 2.0,
+        max_buffered: int = 10_000,
+    ) -> None:
+        super().__init__(expiry=expiry, capacity=capacity, channel_capacity=channel_capacity)
+        if not isinstance(prefix, str) or not prefix:
+            raise ValueError(f"prefix must be a non-empty string, got {prefix!r}")
+        if group_expiry <= 0:
+            raise ValueError(
+                f"group_expiry must be a positive number of seconds, got {group_expiry!r}"
+            )
+        if serializer_format != "msgpack":
+            raise ValueError(
+                f"serializer_format {serializer_format!r} is not supported; only 'msgpack' is"
+            )
+        for name, value in (
+            ("connect_timeout", connect_timeout),
+            ("socket_timeout", socket_timeout),
+            ("max_connections", max_connections),
+            ("max_buffered", max_buffered),
+        ):
+            if value <= 0:
+                raise ValueError(f"{name} must be positive, got {value!r}")
+        if retry_budget < 0:
+            raise ValueError(f"retry_budget must not be negative, got {retry_budget!r}")
+        if max_message_size is not None and max_message_size <= 0:
+            raise ValueError(f"max_message_size must be positive or None, got {max_message_size!r}")
+        self.hosts = decode_hosts(hosts)
+        self.ring_size = len(self.hosts)
+        self.prefix = prefix
+        self.group_expiry = group_expiry
+        self.random_prefix_length = random_prefix_length
+        self.max_message_size = max_message_size
+        self.max_connections = max_connections
+        self.connect_timeout = connect_timeout
+        self.socket_timeout = socket_timeout
+        self.retry_budget = retry_budget
+        self.max_buffered = max_buffered
+        self._serializer = MessageSerializer(
+            symmetric_encryption_keys, expiry=expiry, max_message_size=max_message_size
+        )
+        self._expiry_ms = int(expiry * 1000)
+        # Lists live until their newest message's deadline, plus a margin.
+        self._ttl_ms = self._expiry_ms + 1000
+        self._group_ttl_ms = int(group_expiry * 1000)
+        self._channel_prefix = f"{prefix}:ch:"
+        self._process_prefix = f"{prefix}:pr:"
+        self._group_prefix = f"{prefix}:gr:"
+        #: Names this instance's specific channels: ``<prefix>.<token>!<local>``.
+        self.client_token = random.randbytes(12).translate(_LETTER_TABLE).decode()
+        self._process_key = self._process_prefix + self.client_token
+        self._process_shard = shard_index(self.client_token, self.ring_size)
+        self._clocks = [ServerTime() for _ in self.hosts]
+        self._states: weakref.WeakKeyDictionary[Any, _LoopState] = weakref.WeakKeyDictionary()
+        self._last: _LoopState | None = None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(hosts=[{describe_all(self.hosts)}], prefix={self.prefix!r})"
+
+    # -- per-loop state ---------------------------------------------------------
+
+    def _state(self) -> _LoopState:
+        token = anyio.lowlevel.current_token().native_token
+        state = self._last
+        if state is not None and state.token_ref() is token:
+            return state
+        state = self._states.get(token)
+        if state is None:
+            for other in list(self._states):
+                if _loop_is_dead(other):
+                    self._states.pop(other, None)
+            state = self._states[token] = _LoopState(self, token)
+        self._last = state
+        return state
+
+    # -- running commands ---------------------------------------------------------
+
+    async def _request(self, conn: Connection, args: tuple[Any, ...]) -> Any:
+        """Send one command and read its reply, re-sending an ``EVALSHA`` as
+        ``EVAL`` if the server has forgotten the script (it restarted)."""
+        with anyio.fail_after(self.socket_timeout):
+            reply = await conn.request(*args)
+            if isinstance(reply, ReplyError):
+                code = reply.code
+                if code == "NOSCRIPT" and args[0] == "EVALSHA":
+                    reply = await conn.request("EVAL", scripts.BY_SHA[args[1]].source, *args[2:])
+                    if not isinstance(reply, ReplyError):
+                        return reply
+                    code = reply.code
+                if code in _TRANSIENT_REPLIES:
+                    raise _Transient(str(reply))
+        return reply
+
+    async def _command(
+        self, shard: _Shard, build: Callable[[bool], tuple[Any, ...]], what: str
+    ) -> Any:
+        """Run the command ``build(maybe_applied)`` returns on ``shard``, retrying
+        on a fresh connection while the retry budget lasts.
+
+        ``maybe_applied`` is true when an earlier attempt was written before its
+        connection failed, so that it may have run: sends then deduplicate
+        server-side. The first retry is immediate (the usual failure is a pooled
+        connection left over from before a Redis restart), later ones back off.
+        Error replies are raised as :class:`~.protocol.ReplyError`.
+        """
+        attempts = 0
+        maybe_applied = False
+        deadline = 0.0
+        delay = self.backoff_min
+        while True:
+            args = build(maybe_applied)
+            written = False
+            try:
+                conn = await shard.lease()
+            except _FAILURES as exc:
+                error: BaseException = exc
+            else:
+                try:
+                    written = True
+                    reply = await self._request(conn, args)
+                except _FAILURES as exc:
+                    await shard.discard(conn)
+                    error = exc
+                    if isinstance(exc, _Transient):
+                        written = False
+                except BaseException:
+                    # Cancelled (or a bug) mid-command: the connection's state is unknown.
+                    await shard.discard(conn, fault=False)
+                    raise
+                else:
+                    await shard.release(conn)
+                    if isinstance(reply, ReplyError):
+                        raise reply
+                    return reply
+            maybe_applied = maybe_applied or written
+            attempts += 1
+            now = _monotonic()
+            if attempts == 1:
+                deadline = now + self.retry_budget
+            if now >= deadline:
+                raise RedisUnavailable(
+                    f"Redis at {shard.spec.describe()} is unavailable for {what}: {error!r} "
+                    f"(gave up after {attempts} attempt(s) in {self.retry_budget:g}s)"
+                ) from error
+            if attempts > 1:
+                await anyio.sleep(min(delay, deadline - now) * random.uniform(0.8, 1.0))
+                delay = min(delay * 2, self.backoff_max)
+
+    async def _simple(self, shard: _Shard, args: tuple[Any, ...], what: str) -> Any:
+        """Run an idempotent command (safe to repeat as is)."""
+        return await self._command(shard, lambda _: args, what)
+
+    async def _run_script(
+        self, shard: _Shard, script: scripts.Script, keys: Sequence[Any], args: Sequence[Any],
+        what: str, dedupe_arg: int | None = None,
+    ) -> Any:  # fmt: skip
+        """Run ``script``; if ``dedupe_arg`` is given, that argument becomes "1"
+        on attempts after one that may have been applied."""
+        head = ("EVALSHA", script.sha, len(keys), *keys)
+
+        def build(maybe_applied: bool) -> tuple[Any, ...]:
+            if dedupe_arg is None or not maybe_applied:
+                return (*head, *args)
+            patched = list(args)
+            patched[dedupe_arg] = b"1"
+            return (*head, *patched)
+
+        return await self._command(shard, build, what)
+
+    async def _pop_blocking(
+        self, shard: _Shard, key: str, salvage: Callable[[bytes], Awaitable[None]]
+    ) -> bytes | None:
+        """One ``BLPOP`` on ``key``: the element, or ``None`` if it timed out.
+
+        Cancellation loses nothing: the pending ``BLPOP`` is interrupted with
+        ``CLIENT UNBLOCK`` from another connection, and if Redis had already
+        popped an element for us it is read and passed to ``salvage`` (all
+        shielded, and bounded by ``socket_timeout``) before the cancellation
+        goes on. Connection failures are raised for the caller to retry.
+        """
+        conn = await shard.lease_blocking()
+        try:
+            await conn.send(encode_command("BLPOP", key, self.blpop_timeout))
+        except BaseException as exc:
+            # Cancelled before the command was (fully) written, or the write failed.
+            await shard.discard(conn, blocking=True, fault=isinstance(exc, _FAILURES))
+            raise
+        try:
+            with anyio.fail_after(self.blpop_timeout + self.socket_timeout):
+                reply = await conn.read_reply()
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True):
+                reply = await self._withdraw(shard, conn)
+                if isinstance(reply, list):
+                    await salvage(reply[1])
+            raise
+        except _FAILURES:
+            await shard.discard(conn, blocking=True)
+            raise
+        except BaseException:
+            await shard.discard(conn, blocking=True, fault=False)
+            raise
+        await shard.release(conn, blocking=True)
+        if isinstance(reply, ReplyError):
+            if reply.code in _TRANSIENT_REPLIES:
+                raise _Transient(str(reply))
+            raise reply
+        return None if reply is None else reply[1]
+
+    async def _withdraw(self, shard: _Shard, conn: Connection) -> Any:
+        """Interrupt the ``BLPOP`` pending on ``conn``; return its reply, or
+        ``_LOST`` if that could not be done in time (the connection is closed).
+
+        ``CLIENT UNBLOCK`` answers 0 when the client is not blocked: either the
+        reply is already on its way, or our ``BLPOP`` has not been processed
+        yet; so wait for a reply briefly, and unblock again if none came.
+        """
+        try:
+            with anyio.move_on_after(self.socket_timeout):
+                pause = 0.01
+                while True:
+                    unblocked = await self._simple(
+                        shard, ("CLIENT", "UNBLOCK", conn.client_id), "withdrawing a receive"
+                    )
+                    if unblocked:
+                        reply = await conn.read_reply()
+                    else:
+                        reply = _LOST
+                        with anyio.move_on_after(pause):
+                            reply = await conn.read_reply()
+                        pause = min(pause * 2, 0.5)
+                    if reply is not _LOST:
+                        await shard.release(conn, blocking=True)
+                        return reply
+        except (*_FAILURES, ReplyError):
+            pass
+        await shard.discard(conn, blocking=True)
+        return _LOST
+
+    async def _pop_batch(self, shard: _Shard, key: str) -> list[bytes]:
+        """Take up to ``receive_batch`` messages without waiting. The reply is
+        read shielded from cancellation: what Redis popped must reach us."""
+        conn = await shard.lease()
+        try:
+            await conn.send(encode_command("LPOP", key, self.receive_batch))
+        except BaseException as exc:
+            await shard.discard(conn, fault=isinstance(exc, _FAILURES))
+            raise
+        try:
+            with anyio.CancelScope(shield=True), anyio.fail_after(self.socket_timeout):
+                reply = await conn.read_reply()
+        except _FAILURES:
+            await shard.discard(conn)
+            raise
+        except BaseException:
+            await shard.discard(conn, fault=False)
+            raise
+        await shard.release(conn)
+        if isinstance(reply, ReplyError):
+            if reply.code in _TRANSIENT_REPLIES:
+                raise _Transient(str(reply))
+            raise reply
+        return reply or []
+
+    async def _backoff(self, shard: _Shard, exc: BaseException, delay: float) -> float:
+        shard.outage(exc)
+        await anyio.sleep(delay * random.uniform(0.75, 1.25))
+        return min(delay * 2, self.backoff_max)
+
+    # -- names ------------------------------------------------------------------
+
+    def _route(self, channel: str) -> tuple[str, int, bytes]:
+        """Redis key, shard, and body prefix for a message to ``channel``."""
+        bang = channel.find("!")
+        if bang < 0:
+            return self._channel_prefix + channel, shard_index(channel, self.ring_size), b""
+        token = channel[:bang].rpartition(".")[2]
+        return (
+            self._process_prefix + token,
+            shard_index(token, self.ring_size),
+            channel.encode() + b"|",
+        )
+
+    def _header(self, shard: _Shard) -> bytes:
+        deadline = int(shard.clock.now_ms()) + self._expiry_ms
+        return b"%d:%x:" % (deadline, random.getrandbits(64))
+
+    # -- the layer API ------------------------------------------------------------
+
+    async def send(self, channel: str, message: Message) -> None:
+        """Queue ``message`` on ``channel`` in one round trip.
+
+        Raises :class:`~channels_runtime.exceptions.ChannelFull` when the channel
+        holds ``capacity`` unexpired messages (for a process-specific channel:
+        when its process's list does), ``MessageTooLarge`` past
+        ``max_message_size``, and :class:`RedisUnavailable` when Redis cannot be
+        reached within ``retry_budget`` seconds.
+        """
+        if not isinstance(message, dict):
+            raise TypeError(f"message must be a dict, not {type(message).__name__}")
+        self.require_valid_channel_name(channel)
+        payload = self._serializer.dumps(message, channel)
+        key, index, body = self._route(channel)
+        shard = self._state().shards[index]
+        element = self._header(shard) + body + payload
+        queued = await self._run_script(
+            shard,
+            scripts.SEND,
+            (key,),
+            (self.get_capacity(channel), self._ttl_ms, element, b"0"),
+            f"send to {channel!r}",
+            dedupe_arg=3,
+        )
+        if not queued:
+            raise ChannelFull(channel)
+
+    async def receive(self, channel: str) -> Message:
+        """Wait for and return the next unexpired message on ``channel``.
+
+        Waits through Redis outages (reconnecting with backoff). Cancelling a
+        receive loses no message: one Redis had already handed over is put back
+        (normal channels) or kept for the next receiver (specific channels).
+        """
+        self.require_valid_channel_name(channel)
+        if "!" in channel:
+            token = channel[: channel.find("!")].rpartition(".")[2]
+            if token != self.client_token:
+                raise ValueError(
+                    f"{channel!r} was not made by this layer's new_channel(); a process can "
+                    "only receive on its own process-specific channels"
+                )
+            return await self._receive_specific(channel)
+        return await self._receive_normal(channel)
+
+    async def _receive_normal(self, channel: str) -> Message:
+        key, index, _ = self._route(channel)
+        shard = self._state().shards[index]
+
+        async def put_back(element: bytes) -> None:
+            try:
+                await self._run_script(
+                    shard, scripts.PUT_BACK, (key,), (element, self._ttl_ms), "put back"
+                )
+            except (RedisUnavailable, ReplyError) as exc:
+                logger.warning("Lost a message for %r after a cancelled receive: %r", channel, exc)
+
+        delay = self.backoff_min
+        while True:
+            try:
+                element = await self._pop_blocking(shard, key, put_back)
+            except _FAILURES as exc:
+                delay = await self._backoff(shard, exc, delay)
+                continue
+            shard.recovered()
+            delay = self.backoff_min
+            if element is not None:
+                message = self._decode(shard, element, channel)
+                if message is not None:
+                    return message  # type: ignore[no-any-return]
+
+    def _decode(self, shard: _Shard, element: bytes, channel: str) -> Any:
+        """The message in a normal-channel element, or None if expired or unreadable."""
+        try:
+            first = element.index(b":")
+            second = element.index(b":", first + 1)
+            if int(element[:first]) <= shard.clock.now_ms():
+                return None
+            return self._serializer.loads(memoryview(element)[second + 1 :])
+        except Exception:
+            logger.exception("Dropped an unreadable message on %r", channel)
+            return None
+
+    async def _receive_specific(self, channel: str) -> Message:
+        state = self._state()
+        local = state.local
+        now = _monotonic()
+        if local.heap and local.heap[0][0] <= now:
+            local.sweep(now)
+        message = local.take(channel, now)
+        if message is not None:
+            return message  # type: ignore[no-any-return]
+        waiter = _Waiter(channel)
+        waiters = local.waiters.get(channel)
+        if waiters is None:
+            waiters = local.waiters[channel] = deque()
+        waiters.append(waiter)
+        try:
+            while waiter.message is None:
+                if local.reader is None:
+                    self._check_single_reader(state)
+                    local.reader = waiter
+                if local.reader is waiter:
+                    await self._read_for_process(state, waiter)
+                else:
+                    await waiter.event.wait()
+                    if waiter.message is None and local.reader is not waiter:
+                        waiter.event = anyio.Event()  # pragma: no cover - defensive
+        except BaseException:
+            local.withdraw(waiter)
+            if waiter.message is not None and waiter.deadline > _monotonic():
+                # Handed a message but cancelled before taking it: the next
+                # receiver gets it, ahead of anything buffered later.
+                local.deliver(
+                    channel, waiter.message, waiter.deadline, 0, self.max_buffered, front=True
+                )
+            local.pass_reader_role(waiter)
+            raise
+        local.pass_reader_role(waiter)
+        return waiter.message  # type: ignore[no-any-return]
+
+    def _check_single_reader(self, state: _LoopState) -> None:
+        for token, other in list(self._states.items()):
+            if other is not state and other.local.reader is not None and not _loop_is_dead(token):
+                raise RuntimeError(
+                    "Two event loops are receiving on this layer's process-specific channels "
+                    "at once; use one layer instance per event loop"
+                )
+
+    async def _read_for_process(self, state: _LoopState, me: _Waiter) -> None:
+        """Read the process list for every local receiver until ``me`` has a message."""
+        shard = state.shards[self._process_shard]
+        key = self._process_key
+
+        async def salvage(element: bytes) -> None:
+            self._dispatch(state, shard, element)
+
+        delay = self.backoff_min
+        batch = True
+        while me.message is None:
+            await anyio.lowlevel.checkpoint_if_cancelled()
+            try:
+                elements = await self._pop_batch(shard, key) if batch else []
+                if not elements:
+                    element = await self._pop_blocking(shard, key, salvage)
+                    elements = [element] if element is not None else []
+                    batch = element is not None
+            except _FAILURES as exc:
+                delay = await self._backoff(shard, exc, delay)
+                batch = True
+                continue
+            shard.recovered()
+            delay = self.backoff_min
+            for element in elements:
+                self._dispatch(state, shard, element)
+
+    def _dispatch(self, state: _LoopState, shard: _Shard, element: bytes) -> None:
+        """Hand one process-list element to its local receivers, or buffer it."""
+        local = state.local
+        try:
+            first = element.index(b":")
+            second = element.index(b":", first + 1)
+            bar = element.index(b"|", second + 1)
+            remaining_ms = int(element[:first]) - shard.clock.now_ms()
+            if remaining_ms <= 0:
+                return
+            names = element[second + 1 : bar].decode().split(",")
+            serializer = self._serializer
+            data = memoryview(element)[bar + 1 :]
+            now = _monotonic()
+            deadline = now + remaining_ms / 1000.0
+            if local.heap and local.heap[0][0] <= now:
+                local.sweep(now)
+            for name in names:
+                message = serializer.loads(data)
+                if not local.deliver(
+                    name, message, deadline, self.get_capacity(name), self.max_buffered, False
+                ):
+                    logger.debug("Dropped a message for %r: its local buffer is full", name)
+        except Exception:
+            logger.exception("Dropped an unreadable message from %s", self._process_key)
+
+    async def new_channel(self, prefix: str = "specific") -> str:
+        """A new process-specific channel name, ``"<prefix>.<token>!<12 letters>"``.
+
+        ``token`` identifies this layer instance; messages to any of its
+        channels travel through one Redis list read by whichever of its
+        receivers is waiting.
+        """
+        letters = random.randbytes(12).translate(_LETTER_TABLE).decode()
+        name = f"{prefix}.{self.client_token}!{letters}"
+        self.require_valid_channel_name(name)
+        return name
+
+    async def flush(self) -> None:
+        """Delete every key under this layer's prefix on every shard, and drop
+        buffered local messages. Waiting receivers keep waiting."""
+        state = self._state()
+        pattern = "".join("\\" + c if c in "*?[]\\" else c for c in self.prefix) + ":*"
+        for shard in state.shards:
+            cursor = b"0"
+            while True:
+                # SCAN then UNLINK rather than KEYS: never blocks the server for long.
+                cursor, keys = await self._simple(
+                    shard, ("SCAN", cursor, "MATCH", pattern, "COUNT", 1000), "flush"
+                )
+                if keys:
+                    await self._simple(shard, ("UNLINK", *keys), "flush")
+                if cursor == b"0":
+                    break
+        state.local.clear()
+
+    async def close(self) -> None:
+        """Close this event loop's idle connections and drop its buffered messages.
+
+        Connections busy in running calls (a waiting ``receive``) are closed as
+        soon as those calls give them back. The layer stays usable: later calls
+        open new connections. Safe to call more than once.
+        """
+        state = self._states.get(anyio.lowlevel.current_token().native_token)
+        if state is None:
+            return
+        for shard in state.shards:
+            await shard.close()
+        state.local.clear()
+
+    async def group_add(self, group: str, channel: str) -> None:
+        """Add ``channel`` to ``group`` (or renew it) for ``group_expiry`` seconds."""
+        self.require_valid_group_name(group)
+        self.require_valid_channel_name(channel)
+        shard = self._state().shards[shard_index(group, self.ring_size)]
+        await self._run_script(
+            shard,
+            scripts.GROUP_ADD,
+            (self._group_prefix + group,),
+            (channel, self._group_ttl_ms),
+            f"group_add to {group!r}",
+        )
+
+    async def group_discard(self, group: str, channel: str) -> None:
+        """Remove ``channel`` from ``group``; not an error if it is not in it."""
+        self.require_valid_group_name(group)
+        self.require_valid_channel_name(channel)
+        shard = self._state().shards[shard_index(group, self.ring_size)]
+        await self._simple(
+            shard, ("ZREM", self._group_prefix + group, channel), f"group_discard from {group!r}"
+        )
+
+    async def group_send(self, group: str, message: Message) -> None:
+        """Send ``message`` to every current member of ``group``.
+
+        With one Redis server and no ``channel_capacity`` patterns this is one
+        script in one round trip; otherwise one round trip for the membership
+        and then one per shard holding members, all shards at once. Members on
+        the same process share one stored copy. A full member is skipped
+        (at-most-once); the others still get the message.
+        """
+        if not isinstance(message, dict):
+            raise TypeError(f"message must be a dict, not {type(message).__name__}")
+        self.require_valid_group_name(group)
+        payload = self._serializer.dumps(message, f"group {group}")
+        state = self._state()
+        group_key = self._group_prefix + group
+        home = state.shards[shard_index(group, self.ring_size)]
+        what = f"group_send to {group!r}"
+        if self.ring_size == 1 and not self.channel_capacity:
+            full = await self._run_script(
+                home,
+                scripts.GROUP_SEND,
+                (group_key,),
+                (
+                    self._channel_prefix,
+                    self._process_prefix,
+                    self._header(home),
+                    payload,
+                    self.capacity,
+                    self._ttl_ms,
+                    self._group_ttl_ms,
+                    b"0",
+                ),
+                what,
+                dedupe_arg=7,
+            )
+        else:
+            members = await self._run_script(
+                home, scripts.GROUP_MEMBERS, (group_key,), (self._group_ttl_ms,), what
+            )
+            full = await self._push_to_members(state, members, payload, what)
+        if full:
+            logger.info("group_send to %r skipped %d full channel(s)", group, full)
+
+    async def _push_to_members(
+        self, state: _LoopState, members: list[bytes], payload: bytes, what: str
+    ) -> int:
+        # shard -> key -> [capacity, names for a process list or None]
+        plan: dict[int, dict[str, list[Any]]] = {}
+        for raw in members:
+            name = raw.decode()
+            key, index, _ = self._route(name)
+            entry = plan.setdefault(index, {}).get(key)
+            if entry is None:
+                plan[index][key] = [self.get_capacity(name), [name] if "!" in name else None]
+            elif entry[1] is not None:
+                entry[1].append(name)
+        full = 0
+        errors: list[BaseException] = []
+
+        async def push(index: int, targets: dict[str, list[Any]]) -> None:
+            nonlocal full
+            shard = state.shards[index]
+            args: list[Any] = [self._header(shard), payload, self._ttl_ms, b"0"]
+            for capacity, names in targets.values():
+                args.append(capacity)
+                args.append(",".join(names).encode() + b"|" if names else b"")
+            try:
+                full += await self._run_script(
+                    shard, scripts.PUSH_MANY, tuple(targets), args, what, dedupe_arg=3
+                )
+            except Exception as exc:
+                errors.append(exc)
+
+        if len(plan) == 1:
+            (index, targets), = plan.items()  # fmt: skip
+            await push(index, targets)
+        elif plan:
+            async with anyio.create_task_group() as tg:
+                for index, targets in plan.items():
+                    tg.start_soon(push, index, targets)
+        if errors:
+            raise errors[0]
+        return full

@@ -1,0 +1,1 @@
+"""Management commands: ``runserver`` (ASGI through Hypercorn) and ``runworker``."""

@@ -1,0 +1,83 @@
+"""pytest fixtures for testing a channels_runtime project against a real server.
+
+``channels_live_server``
+    A :class:`~channels_runtime.testing.live.LiveServer`: the project's ASGI
+    application under Hypercorn in a subprocess, started for the test and
+    stopped after it. Use ``channels_live_server.url`` (``http://...``) and
+    ``channels_live_server.ws_url`` (``ws://...``).
+``channels_live_server_worker_class``
+    The event loop it runs on, ``"asyncio"`` by default. Override the fixture,
+    or parametrize it directly to run a test on several::
+
+        @pytest.mark.parametrize("channels_live_server_worker_class", ["asyncio", "trio"])
+        def test_chat(channels_live_server): ...
+
+``channels_live_server_application``
+    Dotted path of the application to serve; ``None`` (the default) means
+    ``settings.ASGI_APPLICATION``.
+
+This module is loaded by every pytest run in an environment where
+channels-runtime is installed (a ``pytest11`` entry point), so it imports
+nothing from Django until a fixture is actually used.
+
+The server is a separate process, so it only sees committed data in a
+database it can open: a SQLite file or a database server, as explained in
+:mod:`channels_runtime.testing.live`. With pytest-django installed, the fixture
+requests ``transactional_db`` for you.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import pytest
+
+if TYPE_CHECKING:
+    from .live import LiveServer
+
+__all__ = [
+    "channels_live_server",
+    "channels_live_server_application",
+    "channels_live_server_worker_class",
+]
+
+
+@pytest.fixture
+def channels_live_server_worker_class() -> str:
+    """The worker class of ``channels_live_server``: asyncio, uvloop or trio."""
+    return "asyncio"
+
+
+@pytest.fixture
+def channels_live_server_application() -> str | None:
+    """Dotted path of the application ``channels_live_server`` serves (None: ASGI_APPLICATION)."""
+    return None
+
+
+@pytest.fixture
+def channels_live_server(
+    request: pytest.FixtureRequest,
+    channels_live_server_worker_class: str,
+    channels_live_server_application: str | None,
+) -> Iterator[LiveServer]:
+    """The project served by Hypercorn on a free port for the duration of one test."""
+    if request.config.pluginmanager.hasplugin("django"):
+        # pytest-django: a database the test commits to, emptied afterwards.
+        request.getfixturevalue("transactional_db")
+
+    from django.test.utils import modify_settings
+
+    from ..db import keep_connections_open
+    from .live import LiveServer
+
+    server = LiveServer(
+        worker_class=channels_live_server_worker_class,
+        application=channels_live_server_application,
+    )
+    with (
+        keep_connections_open(),
+        modify_settings(ALLOWED_HOSTS={"append": server.host}),
+        server,
+    ):
+        yield server

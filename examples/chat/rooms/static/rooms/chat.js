@@ -1,0 +1,158 @@
+// The chat page: one WebSocket per room, reopened with backoff when it drops.
+//
+// Protocol (see rooms/consumers.py): we send {"text": "..."}; the server sends
+// "welcome" (who we are + recent history) after each (re)connect, "message"
+// for every message in the room, and "error" when it refuses ours.
+"use strict";
+
+(function () {
+  const chat = document.getElementById("chat");
+  if (!chat) return;
+
+  const statusEl = document.getElementById("status");
+  const list = document.getElementById("messages");
+  const form = document.getElementById("composer");
+  const input = document.getElementById("message-input");
+  const sendButton = document.getElementById("send-button");
+  const errorEl = document.getElementById("composer-error");
+
+  const scheme = window.location.protocol === "https:" ? "wss://" : "ws://";
+  const url = scheme + window.location.host + chat.dataset.wsPath;
+
+  // Reconnect delays: 0.5 s doubling up to 30 s, each scaled by a random
+  // 50-100 % so that many tabs do not all come back in the same instant
+  // after a server restart.
+  const BASE_DELAY_MS = 500;
+  const MAX_DELAY_MS = 30000;
+
+  let socket = null;
+  let attempt = 0;
+  let retryTimer = null;
+  let countdownTimer = null;
+  const seen = new Set();
+
+  function setStatus(state, text) {
+    statusEl.dataset.state = state;
+    statusEl.textContent = text;
+    sendButton.disabled = state !== "open";
+  }
+
+  function showError(text) {
+    errorEl.textContent = text;
+    errorEl.hidden = !text;
+  }
+
+  function timeLabel(iso) {
+    const date = new Date(iso);
+    return Number.isNaN(date.getTime())
+      ? ""
+      : date.toLocaleTimeString([], { hour: "2-digit", minute: "2-digit" });
+  }
+
+  function render(message) {
+    if (seen.has(message.id)) return;
+    seen.add(message.id);
+    const item = document.createElement("li");
+    item.className = "message";
+    const meta = document.createElement("div");
+    meta.className = "meta";
+    const author = document.createElement("span");
+    author.className = "author";
+    author.textContent = message.user;
+    const time = document.createElement("time");
+    time.dateTime = message.created;
+    time.textContent = timeLabel(message.created);
+    meta.append(author, " ", time);
+    const body = document.createElement("p");
+    body.className = "text";
+    body.textContent = message.text; // text, never HTML: messages cannot inject markup
+    item.append(meta, body);
+    list.append(item);
+  }
+
+  function scrollToEnd() {
+    list.scrollTop = list.scrollHeight;
+  }
+
+  function onWelcome(data) {
+    // A fresh history after every (re)connect: rebuild the list from it, so
+    // nothing written while we were away is missing and nothing is doubled.
+    list.setAttribute("aria-busy", "true");
+    list.replaceChildren();
+    seen.clear();
+    data.history.forEach(render);
+    list.removeAttribute("aria-busy");
+    scrollToEnd();
+    attempt = 0;
+    setStatus("open", "Connected as " + data.user);
+  }
+
+  function connect() {
+    clearTimeout(retryTimer);
+    clearInterval(countdownTimer);
+    setStatus("connecting", attempt ? "Reconnecting…" : "Connecting…");
+    socket = new WebSocket(url);
+
+    socket.addEventListener("message", function (event) {
+      let data;
+      try {
+        data = JSON.parse(event.data);
+      } catch (err) {
+        return;
+      }
+      if (data.type === "welcome") {
+        onWelcome(data);
+      } else if (data.type === "message") {
+        const atEnd = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
+        render(data);
+        if (atEnd) scrollToEnd();
+      } else if (data.type === "error") {
+        showError(data.error);
+      }
+    });
+
+    socket.addEventListener("close", function () {
+      socket = null;
+      scheduleReconnect();
+    });
+  }
+
+  function scheduleReconnect() {
+    const ceiling = Math.min(MAX_DELAY_MS, BASE_DELAY_MS * 2 ** attempt);
+    const delay = Math.round(ceiling * (0.5 + Math.random() / 2));
+    attempt += 1;
+    const due = Date.now() + delay;
+    const tick = function () {
+      const seconds = Math.max(0, Math.ceil((due - Date.now()) / 1000));
+      setStatus("closed", "Disconnected. Reconnecting in " + seconds + " s…");
+    };
+    tick();
+    countdownTimer = setInterval(tick, 1000);
+    retryTimer = setTimeout(connect, delay);
+  }
+
+  form.addEventListener("submit", function (event) {
+    event.preventDefault();
+    const text = input.value.trim();
+    if (!text || !socket || socket.readyState !== WebSocket.OPEN) return;
+    socket.send(JSON.stringify({ text: text }));
+    input.value = "";
+    showError("");
+    input.focus();
+  });
+
+  // Coming back online, or back to a hidden tab, is a good moment to retry
+  // at once instead of waiting out a long backoff.
+  function retryNow() {
+    if (!socket && retryTimer !== null) {
+      attempt = Math.max(0, attempt - 1);
+      connect();
+    }
+  }
+  window.addEventListener("online", retryNow);
+  document.addEventListener("visibilitychange", function () {
+    if (document.visibilityState === "visible") retryNow();
+  });
+
+  connect();
+})();
