@@ -121,10 +121,6 @@ def test_receive_names_must_end_at_the_bang() -> None:
     assert layer.require_valid_channel_name("process!local")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="name regexes use match() with $, which also matches before a final newline",
-)
 def test_trailing_newline_is_not_a_valid_name() -> None:
     layer = BareLayer()
     with pytest.raises(TypeError):
@@ -338,11 +334,6 @@ def test_import_error_inside_backend_is_not_hidden(
             manager["raises"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_import_backend treats any missing module whose name is a string prefix of "
-    "the backend's module path (here 'crt_pkg.lay' of 'crt_pkg.layer') as the backend's own",
-)
 def test_missing_sibling_module_inside_backend_is_not_hidden(
     manager: ChannelLayerManager, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

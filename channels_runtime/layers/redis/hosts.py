@@ -302,27 +302,31 @@ class ServerTime:
 
 async def _handshake(conn: Connection, spec: HostSpec, clock: ServerTime | None) -> None:
     """Authenticate, select the database, name the client, learn its id and the
-    server clock, all in one round trip."""
+    server clock, all in one round trip. Without ``clock`` (a Sentinel, which
+    knows neither ``TIME`` nor ``CLIENT ID``) only authenticate."""
     commands: list[tuple[Any, ...]] = []
     if spec.password is not None:
         if spec.username:
             commands.append(("AUTH", spec.username, spec.password))
         else:
             commands.append(("AUTH", spec.password))
-    if spec.db:
-        commands.append(("SELECT", spec.db))
-    if spec.client_name:
-        commands.append(("CLIENT", "SETNAME", spec.client_name))
-    commands.append(("CLIENT", "ID"))
-    commands.append(("TIME",))
+    if clock is not None:
+        if spec.db:
+            commands.append(("SELECT", spec.db))
+        if spec.client_name:
+            commands.append(("CLIENT", "SETNAME", spec.client_name))
+        commands.append(("CLIENT", "ID"))
+        commands.append(("TIME",))
+    if not commands:
+        return
     sent_at = time.time()
     replies = await conn.pipeline(commands)
     received_at = time.time()
     for reply in replies:
         if isinstance(reply, ReplyError):
             raise reply
-    conn.client_id = replies[-2]
     if clock is not None:
+        conn.client_id = replies[-2]
         seconds, micros = replies[-1]
         server_ms = int(seconds) * 1000.0 + int(micros) / 1000.0
         clock.offset_ms = server_ms - (sent_at + received_at) * 500.0
