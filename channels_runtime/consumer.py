@@ -48,7 +48,8 @@ class AsyncConsumer:
     """
 
     _sync: ClassVar[bool] = False
-    channel_layer_alias: ClassVar[str] = DEFAULT_CHANNEL_LAYER
+    #: Which ``CHANNEL_LAYERS`` entry to use; ``None`` for no layer (and no channel).
+    channel_layer_alias: ClassVar[str | None] = DEFAULT_CHANNEL_LAYER
 
     scope: Scope
     channel_layer: Any
@@ -58,7 +59,8 @@ class AsyncConsumer:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         ensure_bridge()
         self.scope = scope
-        self.channel_layer = get_channel_layer(self.channel_layer_alias)
+        alias = self.channel_layer_alias
+        self.channel_layer = None if alias is None else get_channel_layer(alias)
         sources: list[Receive] = [receive]
         if self.channel_layer is not None:
             self.channel_name = await self.channel_layer.new_channel()

@@ -26,7 +26,7 @@ from __future__ import annotations
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -169,10 +169,5 @@ class DatabaseSyncToAsync(SyncToAsync):
             close_old_connections()
 
 
-def database_sync_to_async(
-    func: Callable[..., T] | None = None, *, thread_sensitive: bool = True
-) -> Any:
-    """Decorator/wrapper form of :class:`DatabaseSyncToAsync` (Channels' spelling)."""
-    if func is None:
-        return lambda f: DatabaseSyncToAsync(f, thread_sensitive=thread_sensitive)
-    return DatabaseSyncToAsync(func, thread_sensitive=thread_sensitive)
+#: Channels' spelling, used as a decorator: ``@database_sync_to_async``.
+database_sync_to_async = DatabaseSyncToAsync

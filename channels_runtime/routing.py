@@ -27,6 +27,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.urls.resolvers import RegexPattern, RoutePattern, URLPattern, URLResolver
 
 from .asgi import ASGIApp, Receive, Scope, Send
+from .compat.backend import ensure_bridge
 from .layers.manager import channel_layers
 
 logger = logging.getLogger(__name__)
@@ -104,7 +105,8 @@ class ProtocolTypeRouter:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # ``async def`` matters: Hypercorn recognises an ASGI 3 app by a
-        # coroutine-function ``__call__``.
+        # coroutine-function ``__call__``. Django's async APIs need the bridge on trio.
+        ensure_bridge()
         scope_type = scope["type"]
         application = self.application_mapping.get(scope_type)
         if application is not None:

@@ -158,7 +158,7 @@ async def test_channel_full_and_recovers() -> None:
 
 
 async def test_channel_capacity_glob_is_honoured() -> None:
-    # Channels 4.3.2 crashes on exactly this configuration.
+    # Channels' layer crashes on exactly this configuration (4.2.2 on the first send).
     layer = InMemoryChannelLayer(channel_capacity={"small.*": 1})
     await layer.send("small.one", {"n": 1})
     with pytest.raises(ChannelFull):

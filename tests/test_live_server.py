@@ -31,7 +31,8 @@ from channels_runtime.generic.websocket import AsyncWebsocketConsumer
 from channels_runtime.routing import ProtocolTypeRouter, URLRouter
 from channels_runtime.testing.live import ChannelsLiveServerTestCase, LiveServer, settings_snapshot
 
-# The plugin's fixtures, used here without relying on the pytest11 entry point.
+# The plugin's fixtures, used here without relying on the pytest11 entry point
+# (test parameters with these names are flagged as redefinitions: F811).
 from channels_runtime.testing.pytest_plugin import (  # noqa: F401
     channels_live_server,
     channels_live_server_application,
@@ -181,7 +182,7 @@ def test_urls_need_a_running_server() -> None:
 @pytest.mark.usefixtures("database")
 @pytest.mark.parametrize("channels_live_server_application", [APPLICATION])
 @pytest.mark.parametrize("channels_live_server_worker_class", ["asyncio", "uvloop", "trio"])
-def test_fixture_serves_http_and_websockets(channels_live_server: LiveServer) -> None:
+def test_fixture_serves_http_and_websockets(channels_live_server: LiveServer) -> None:  # noqa: F811
     User.objects.create(username="bob")
     try:
         assert _get_json(f"{channels_live_server.url}/users/") == {"users": 1}
@@ -190,7 +191,7 @@ def test_fixture_serves_http_and_websockets(channels_live_server: LiveServer) ->
         User.objects.all().delete()
 
 
-def test_fixture_default_worker_class(channels_live_server_worker_class: str) -> None:
+def test_fixture_default_worker_class(channels_live_server_worker_class: str) -> None:  # noqa: F811
     assert channels_live_server_worker_class == "asyncio"
 
 

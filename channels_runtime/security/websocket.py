@@ -22,6 +22,7 @@ from django.conf import settings
 from django.utils.http import is_same_domain
 
 from ..asgi import ASGIApp, Receive, Scope, Send
+from ..generic.websocket import AsyncWebsocketConsumer
 
 # What Django's HttpRequest.get_host() accepts when DEBUG is on and
 # ALLOWED_HOSTS is empty; using the same list keeps a development setup that
@@ -210,32 +211,18 @@ class AllowedHostsOriginValidator(OriginValidator):
         self._pinned_origins = value
 
 
-class WebsocketDenier:
-    """An ASGI application that refuses every WebSocket handshake.
+class WebsocketDenier(AsyncWebsocketConsumer):
+    """A consumer that refuses every WebSocket handshake.
 
     It answers ``websocket.connect`` with ``websocket.close``, which the server
-    turns into an HTTP 403, then waits for ``websocket.disconnect`` so it ends
-    the way a consumer would. It is a plain application rather than a consumer
-    so that a refused handshake costs no channel-layer channel.
+    turns into an HTTP 403. It uses no channel layer, so a refused handshake
+    costs no channel.
     """
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        while True:
-            message = await receive()
-            message_type = message.get("type")
-            if message_type == "websocket.connect":
-                await send({"type": "websocket.close"})
-            elif message_type == "websocket.disconnect":
-                return
+    channel_layer_alias = None
 
-    @classmethod
-    def as_asgi(cls) -> ASGIApp:
-        """An application making a fresh denier per connection, like a consumer's."""
-
-        async def app(scope: Scope, receive: Receive, send: Send) -> None:
-            await cls()(scope, receive, send)
-
-        return app
+    async def connect(self) -> None:
+        await self.close()
 
 
 __all__ = [

@@ -45,6 +45,8 @@ from asgiref.compatibility import guarantee_single_callable
 from channels_runtime.compat.tasks import BackgroundTask, start_background_task
 from channels_runtime.db import keep_connections_open
 
+from ..compat.backend import ensure_bridge
+
 __all__ = ["ApplicationCommunicator", "stop_background_communicators"]
 
 Message = dict[str, Any]
@@ -188,6 +190,8 @@ class ApplicationCommunicator:
             return
         if self._closed:
             raise RuntimeError(f"{self!r}: its 'async with' block has already ended")
+        # Applications under test may call Django's async APIs: on trio they need the bridge.
+        ensure_bridge()
         self._started = True
         self._cancel_scope = anyio.CancelScope()
         self._finished = anyio.Event()

@@ -344,13 +344,14 @@ class ChannelsLiveServerTestCase(TransactionTestCase):
     startup_timeout: ClassVar[float] = 30.0
 
     _live_server: ClassVar[LiveServer | None] = None
+    _live_server_stack: ClassVar[contextlib.ExitStack]
 
     @classproperty
-    def live_server_url(cls) -> str:  # noqa: N805 - a class property
+    def live_server_url(cls) -> str:
         return cls._running_server().url
 
     @classproperty
-    def live_server_ws_url(cls) -> str:  # noqa: N805 - a class property
+    def live_server_ws_url(cls) -> str:
         return cls._running_server().ws_url
 
     @classmethod

@@ -41,6 +41,7 @@ from django.utils.version import get_docs_version
 
 from ...asgi import ASGIApp, Receive, Scope, Send
 from ...compat.backend import ensure_bridge
+from ...compat.hypercorn_serve import serve_hypercorn
 from ...routing import get_default_application
 from ...sync import sync_to_async
 
@@ -214,16 +215,13 @@ def serve_on_socket(
         errorlog="-",
         access_log_format='%(h)s "%(r)s" %(s)s %(b)s',
     )
-    # Hypercorn has one ``serve`` per event loop library; pick it by name so this
-    # module stays backend-neutral.
-    serve: Callable[..., Awaitable[None]] = importlib.import_module(f"hypercorn.{backend}").serve
 
     async def until_signal() -> None:
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async for _signum in signals:
                 return
 
-    waiters = [until_signal] if handle_signals else []
+    waiters: list[Callable[[], Awaitable[None]]] = [until_signal] if handle_signals else []
     if shutdown_trigger is not None:
         waiters.append(shutdown_trigger)
 
@@ -242,7 +240,7 @@ def serve_on_socket(
     async def main() -> None:
         if on_started is not None:
             on_started()
-        await serve(application, config, shutdown_trigger=stop_when_any_fires, mode="asgi")
+        await serve_hypercorn(application, config, shutdown_trigger=stop_when_any_fires)
 
     anyio.run(main, backend=backend, backend_options=backend_options)
 
@@ -256,6 +254,12 @@ class Command(DjangoRunserverCommand):
         "HTTP and WebSockets through Hypercorn, with autoreload."
     )
     server_name = "ASGI/Hypercorn"
+
+    # Set by Django's ``handle()`` from the addrport argument.
+    addr: str
+    port: str
+    use_ipv6: bool
+    _raw_ipv6: bool
 
     def add_arguments(self, parser: CommandParser) -> None:
         super().add_arguments(parser)

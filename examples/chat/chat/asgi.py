@@ -8,7 +8,7 @@ import os
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "chat.settings")
 
-from channels_runtime.http import get_asgi_application  # noqa: E402
+from channels_runtime.http import get_asgi_application
 
 # Built first: it sets Django up, which must happen before anything imports models.
 django_application = get_asgi_application()
@@ -16,6 +16,7 @@ django_application = get_asgi_application()
 from channels_runtime.auth import AuthMiddlewareStack  # noqa: E402
 from channels_runtime.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels_runtime.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+
 from rooms.routing import websocket_urlpatterns  # noqa: E402
 
 application = ProtocolTypeRouter(

@@ -15,9 +15,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from django.conf import settings
-
 from channels_runtime.generic.websocket import AsyncJsonWebsocketConsumer
+from django.conf import settings
 
 from .models import ANONYMOUS_NAME, Message, recent_messages
 
@@ -57,7 +56,7 @@ class ChatConsumer(AsyncJsonWebsocketConsumer):
     async def receive_json(self, content: Any, **kwargs: Any) -> None:
         text = content.get("text") if isinstance(content, dict) else None
         if not isinstance(text, str) or not text.strip():
-            await self.send_json({"type": "error", "error": "Send {\"text\": \"...\"}."})
+            await self.send_json({"type": "error", "error": 'Send {"text": "..."}.'})
             return
         text = text.strip()
         limit = settings.CHAT_MAX_MESSAGE_LENGTH

@@ -1,0 +1,228 @@
+"""``serve()``: Hypercorn with graceful WebSocket shutdown, on whatever loop anyio runs.
+
+The shutdown sequence, whatever asked for it (a signal, the caller's trigger,
+the parent process of a worker):
+
+1. Hypercorn's own shutdown trigger fires: it stops accepting connections,
+   lets HTTP requests in flight finish (up to ``graceful_timeout``) and closes
+   idle keep-alive connections;
+2. at the same moment :class:`~channels_runtime.server.shutdown.GracefulShutdown`
+   closes every open WebSocket with 1001 and delivers ``websocket.disconnect``
+   (code 1001) to its application, then waits up to ``graceful_timeout`` for
+   the applications to return;
+3. once its connections are gone, Hypercorn runs lifespan shutdown, where
+   ``ProtocolTypeRouter`` closes the channel layers.
+
+A second SIGINT/SIGTERM during that wait cuts it short: everything is
+cancelled at once.
+
+Sockets are bound (and listening) before the application starts, as under
+``hypercorn`` with workers, and handed to Hypercorn as ``fd://`` binds. So the
+real addresses are known up front (port 0 works, and ``task_status`` reports
+them), a busy port fails before any application code runs, and connections
+arriving during startup wait in the backlog instead of being refused.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import socket
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+from anyio.abc import TaskStatus
+from hypercorn.config import Config, Sockets
+
+from ..asgi import ASGIApp
+from ..compat.hypercorn_serve import serve_hypercorn
+from .shutdown import GracefulShutdown
+from .signals import SHUTDOWN_SIGNALS, first_of, open_shutdown_signals, signal_name
+
+__all__ = ["ServeResult", "bind_sockets", "serve", "serve_until", "socket_urls"]
+
+logger = logging.getLogger("channels_runtime.server")
+
+ShutdownTrigger = Callable[[], Awaitable[object]]
+
+
+def bind_sockets(config: Config) -> Sockets:
+    """Create, bind and start listening on the sockets ``config`` asks for."""
+    sockets = config.create_sockets()
+    for sock in (*sockets.secure_sockets, *sockets.insecure_sockets):
+        sock.listen(config.backlog)
+    return sockets
+
+
+def _address(sock: socket.socket) -> str:
+    name = sock.getsockname()
+    if sock.family == socket.AF_INET:
+        return f"{name[0]}:{name[1]}"
+    if sock.family == socket.AF_INET6:
+        return f"[{name[0]}]:{name[1]}"
+    if sock.family == socket.AF_UNIX:
+        return f"unix:{name.decode() if isinstance(name, bytes) else name}"
+    return str(name)
+
+
+def socket_urls(sockets: Sockets) -> list[str]:
+    """How clients reach ``sockets``: ``http://127.0.0.1:8000``, ``unix:/run/app.sock``..."""
+    urls = []
+    for scheme, group in (("https", sockets.secure_sockets), ("http", sockets.insecure_sockets)):
+        for sock in group:
+            address = _address(sock)
+            urls.append(address if address.startswith("unix:") else f"{scheme}://{address}")
+    for sock in sockets.quic_sockets:
+        urls.append(f"https://{_address(sock)} (QUIC)")
+    return urls
+
+
+def _hand_over(config: Config, sockets: Sockets) -> tuple[Config, list[int]]:
+    """A copy of ``config`` serving ``sockets`` through ``fd://`` binds.
+
+    The socket objects are detached, so Hypercorn's own socket objects become
+    the only owners of the descriptors; the descriptors are returned so they
+    can be closed if Hypercorn never gets as far as taking them.
+    """
+    handed = copy.copy(config)
+    handed.workers = 1  # this is one worker; the process count is run.py's business
+    descriptors: list[int] = []
+
+    def binds(group: list[socket.socket]) -> list[str]:
+        fds = [sock.detach() for sock in group]
+        descriptors.extend(fds)
+        return [f"fd://{fd}" for fd in fds]
+
+    if config.ssl_enabled:
+        handed.bind = binds(sockets.secure_sockets)
+        handed.insecure_bind = binds(sockets.insecure_sockets)
+        handed.quic_bind = binds(sockets.quic_sockets)
+    else:
+        handed.bind = binds(sockets.insecure_sockets)
+    return handed, descriptors
+
+
+@dataclass
+class ServeResult:
+    """How a serve run ended (for the command line's exit status and logs)."""
+
+    reason: str = "cancelled"
+    forced: bool = False
+    urls: list[str] = field(default_factory=list)
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    cancelled = anyio.get_cancelled_exc_class()
+    found: list[BaseException] = []
+    for exc in group.exceptions:
+        if isinstance(exc, BaseExceptionGroup):
+            found.extend(_leaves(exc))
+        elif not isinstance(exc, cancelled):
+            found.append(exc)
+    return found
+
+
+async def serve_until(
+    app: ASGIApp,
+    config: Config,
+    *,
+    triggers: Sequence[ShutdownTrigger] = (),
+    signals: Sequence[int] = (),
+    sockets: Sockets | None = None,
+    task_status: TaskStatus[list[str]] = anyio.TASK_STATUS_IGNORED,
+) -> ServeResult:
+    """Serve until a trigger returns or one of ``signals`` arrives, then shut down gracefully.
+
+    The engine behind :func:`serve` and the command line. ``sockets`` are
+    already-bound sockets to serve on (a worker process gets them from its
+    parent); by default the ones ``config`` names are bound here.
+    """
+    guard = GracefulShutdown(app)
+    if sockets is None:
+        sockets = bind_sockets(config)
+    result = ServeResult(urls=socket_urls(sockets))
+    hypercorn_config, descriptors = _hand_over(config, sockets)
+    stop_accepting = anyio.Event()
+    hypercorn_started = False
+
+    async def supervise(
+        received: Any, cancel_all: anyio.CancelScope, serving: anyio.CancelScope
+    ) -> None:
+        result.reason = await first_of(triggers, received)
+        logger.info("Shutting down (%s)", result.reason)
+        stop_accepting.set()
+        async with anyio.create_task_group() as group:
+            if received is not None:
+                group.start_soon(force_on_next_signal, received, cancel_all)
+            await guard.close_websockets(config.graceful_timeout)
+
+    async def force_on_next_signal(received: Any, cancel_all: anyio.CancelScope) -> None:
+        async for signum in received:
+            logger.warning(
+                "%s again: stopping now, without waiting for connections", signal_name(signum)
+            )
+            result.forced = True
+            cancel_all.cancel()
+            return
+
+    async def report_started() -> None:
+        nonlocal hypercorn_started
+        await guard.wait_started()
+        hypercorn_started = True
+        task_status.started(result.urls)
+
+    try:
+        async with open_shutdown_signals(signals) as received:
+            async with anyio.create_task_group() as group:
+                group.start_soon(supervise, received, group.cancel_scope, group.cancel_scope)
+                group.start_soon(report_started)
+                await serve_hypercorn(guard, hypercorn_config, shutdown_trigger=stop_accepting.wait)
+                group.cancel_scope.cancel()
+    except BaseExceptionGroup as exc_group:
+        leaves = _leaves(exc_group)
+        if len(leaves) == 1:
+            raise leaves[0] from None
+        raise
+    finally:
+        if not hypercorn_started:
+            # Hypercorn turns the descriptors into sockets only after startup.
+            for fd in descriptors:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+    return result
+
+
+async def serve(
+    app: ASGIApp,
+    config: Config,
+    *,
+    shutdown_trigger: ShutdownTrigger | None = None,
+    task_status: TaskStatus[list[str]] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve ``app`` with Hypercorn on the running event loop until asked to stop.
+
+    For embedding in an existing anyio program (asyncio, uvloop or trio: the
+    Hypercorn flavour follows the loop). ``config`` is a Hypercorn ``Config``;
+    it is not modified, and ``workers``, ``worker_class`` and ``use_reloader``
+    are ignored here because the loop and the process are the caller's.
+
+    Without ``shutdown_trigger``, SIGINT and SIGTERM start the graceful
+    shutdown (main thread only), and a second one forces it. With a trigger,
+    the shutdown starts when ``await shutdown_trigger()`` returns and signals
+    are left alone. Either way open WebSockets are closed with code 1001 and
+    their applications receive ``websocket.disconnect`` (1001) before the
+    server stops; see :mod:`channels_runtime.server.serve`.
+
+    Use ``await task_group.start(serve, app, config, ...)`` to wait until the
+    application has started; the start value is the list of URLs served.
+    Cancelling ``serve`` stops the server at once, without the graceful steps.
+    """
+    if shutdown_trigger is None:
+        await serve_until(app, config, signals=SHUTDOWN_SIGNALS, task_status=task_status)
+    else:
+        await serve_until(app, config, triggers=[shutdown_trigger], task_status=task_status)
