@@ -94,14 +94,6 @@ def _loop_is_dead(token: Any) -> bool:
     return False
 
 
-async def _close_all(conns: list[Connection]) -> None:
-    """Close connections without waiting on their peers; shielded, so that a
-    cancellation arriving meanwhile cannot leave some of them open."""
-    with anyio.CancelScope(shield=True):
-        for conn in conns:
-            await conn.aclose()
-
-
 class _Shard:
     """One Redis server as seen from one event loop: its idle connections, the
     cap on connections busy with ordinary commands, and its clock offset.
@@ -121,6 +113,7 @@ class _Shard:
         "index",
         "layer",
         "limit",
+        "open",
         "outage_since",
         "queue",
         "spec",
@@ -131,6 +124,7 @@ class _Shard:
         self.index = index
         self.spec = spec
         self.idle: list[Connection] = []
+        self.open: set[Connection] = set()
         self.busy = 0
         self.limit = spec.max_connections or layer.max_connections
         self.queue: deque[anyio.Event] = deque()
@@ -155,10 +149,29 @@ class _Shard:
             conn = idle.pop()
             if conn.generation == self.generation:
                 return conn
-            await _close_all([conn])
-        return await open_connection(
+            await self._close([conn])
+        conn = await open_connection(
             self.spec, self.generation, self.clock, self.layer.connect_timeout
         )
+        self.open.add(conn)
+        return conn
+
+    async def _close(self, conns: list[Connection]) -> None:
+        """Close connections without waiting on their peers; shielded, so that a
+        cancellation arriving meanwhile cannot leave some of them open."""
+        with anyio.CancelScope(shield=True):
+            for conn in conns:
+                self.open.discard(conn)
+                await conn.aclose()
+
+    def abandon(self) -> None:
+        """The event loop these connections belong to has ended without
+        ``close()``: they cannot be closed the normal way any more, so shut their
+        sockets down, which makes the server drop them at once."""
+        for conn in self.open:
+            conn.abandon()
+        self.open.clear()
+        self.idle.clear()
 
     async def _wait_turn(self) -> None:
         while self.busy >= self.limit:
@@ -193,7 +206,7 @@ class _Shard:
         if conn.generation == self.generation and len(self.idle) < self.limit:
             self.idle.append(conn)
         else:
-            await _close_all([conn])
+            await self._close([conn])
 
     async def discard(
         self, conn: Connection, *, blocking: bool = False, fault: bool = True
@@ -207,13 +220,13 @@ class _Shard:
             self.generation += 1
             stale += self.idle
             self.idle = []
-        await _close_all(stale)
+        await self._close(stale)
 
     async def close(self) -> None:
         """Close idle connections; busy ones are closed when they come back."""
         self.generation += 1
         stale, self.idle = self.idle, []
-        await _close_all(stale)
+        await self._close(stale)
 
     def outage(self, exc: BaseException) -> None:
         if self.outage_since is None:
@@ -492,7 +505,10 @@ class RedisChannelLayer(BaseChannelLayer):
         if state is None:
             for other in list(self._states):
                 if _loop_is_dead(other):
-                    self._states.pop(other, None)
+                    dead = self._states.pop(other, None)
+                    if dead is not None:
+                        for shard in dead.shards:
+                            shard.abandon()
             state = self._states[token] = _LoopState(self, token)
         self._last = state
         return state

@@ -92,12 +92,16 @@ class StaticFilesApplication:
     def _get_response(self, request: Any) -> Any:
         from django.contrib.staticfiles.views import serve
         from django.core.handlers.exception import response_for_exception
-        from django.http import Http404
+        from django.http import Http404, HttpResponseNotFound
 
         relative = url2pathname(request.path.removeprefix(self.base_url.path))
         try:
             return serve(request, relative, insecure=True)
         except Http404 as exc:
+            if getattr(settings, "ROOT_URLCONF", None) is None:
+                # A WebSocket-only project may have no URLconf, which Django's
+                # 404 pages (debug or not) need.
+                return HttpResponseNotFound(str(exc), content_type="text/plain; charset=utf-8")
             return response_for_exception(request, exc)
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
