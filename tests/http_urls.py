@@ -8,12 +8,10 @@ and a record of which thread ran what.
 from __future__ import annotations
 
 import hashlib
-import json
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
 
 import anyio
 import sniffio
@@ -142,7 +140,7 @@ def slow(request: HttpRequest) -> HttpResponse:
 
 
 def serve_file(request: HttpRequest) -> HttpResponse:
-    return FileResponse(open(probe_for(request).file_path, "rb"), as_attachment=True)  # noqa: SIM115
+    return FileResponse(open(probe_for(request).file_path, "rb"), as_attachment=True)
 
 
 # -- streaming -------------------------------------------------------------------------
@@ -230,6 +228,10 @@ def endless_async_from_sync(request: HttpRequest) -> HttpResponse:
     return StreamingHttpResponse(_aendless(probe_for(request)), content_type="text/plain")
 
 
+async def aendless_sync(request: HttpRequest) -> HttpResponse:
+    return StreamingHttpResponse(_endless(probe_for(request)), content_type="text/plain")
+
+
 # -- middleware ------------------------------------------------------------------------
 
 
@@ -272,10 +274,6 @@ TEST_MIDDLEWARE = [
 ]
 
 
-def as_json(response: dict[str, Any]) -> Any:
-    return json.loads(response["body"])
-
-
 urlpatterns = [
     path("hello/", hello, name="hello"),
     path("ahello/", ahello),
@@ -295,4 +293,5 @@ urlpatterns = [
     path("endless/", endless),
     path("aendless/", aendless),
     path("endless-async-from-sync/", endless_async_from_sync),
+    path("aendless-sync/", aendless_sync),
 ]

@@ -569,7 +569,7 @@ def test_usable_across_event_loops(server: RedisServer) -> None:
     anyio.run(first, backend="asyncio")  # no close() after this run ...
     anyio.run(second, backend="trio")  # ... nor this one
     anyio.run(third, backend="asyncio", backend_options={"use_uvloop": True})
-    assert len(layer._states) == 1
+    assert len(layer._states) <= 1
     deadline = time.monotonic() + 2
     while server.connected_clients() != before and time.monotonic() < deadline:
         time.sleep(0.02)

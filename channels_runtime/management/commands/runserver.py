@@ -20,11 +20,11 @@ import importlib
 import io
 import itertools
 import os
-import signal
 import socket
 import sys
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import datetime
+from functools import partial
 from typing import Any
 from urllib.parse import urlparse
 from urllib.request import url2pathname
@@ -41,7 +41,6 @@ from django.utils.version import get_docs_version
 
 from ...asgi import ASGIApp, Receive, Scope, Send
 from ...compat.backend import ensure_bridge
-from ...compat.hypercorn_serve import serve_hypercorn
 from ...routing import get_default_application
 from ...sync import sync_to_async
 
@@ -194,57 +193,51 @@ def serve_on_socket(
     graceful_timeout: float = GRACEFUL_TIMEOUT,
     accesslog: str | None = "-",
     on_started: Callable[[], None] | None = None,
-    shutdown_trigger: Callable[[], Awaitable[None]] | None = None,
+    shutdown_trigger: Callable[[], Awaitable[object]] | None = None,
 ) -> None:
     """Serve ``application`` with Hypercorn on the listening socket ``sock`` until stopped.
 
-    Blocks; runs its own event loop. Passing a socket that is already bound
-    and listening lets the caller report the real address (port 0 included)
-    and bind errors before any event loop starts. With ``handle_signals``,
-    SIGINT and SIGTERM stop the server gracefully; that only works in the
-    main thread, so under Django's autoreloader (where the server runs in a
-    side thread and the process is simply restarted or exited) pass False.
-    ``on_started`` is called from the event loop just before serving begins;
-    when ``shutdown_trigger`` returns, the server stops gracefully too.
+    Blocks, running its own event loop of ``worker_class``. Passing a socket
+    that is already bound and listening lets the caller report the real
+    address (port 0 included) and bind errors before any event loop starts.
+
+    The serving itself is :func:`channels_runtime.server.serve.serve_until`,
+    the engine of ``channels-runtime serve``, so development and production
+    shut down the same way (open WebSockets closed with 1001). With
+    ``handle_signals``, SIGINT and SIGTERM start that shutdown; signals can
+    only be received in the main thread, so under Django's autoreloader
+    (where the server runs in a side thread and the reloader owns Ctrl-C)
+    pass False. The server also stops when ``shutdown_trigger`` returns.
+    ``on_started`` is called once the application has started (lifespan).
     """
-    from hypercorn.config import Config
+    from hypercorn.config import Config, Sockets
+
+    from ...server.serve import serve_until
+    from ...server.signals import SHUTDOWN_SIGNALS
 
     backend, backend_options = _backend_for(worker_class)
     config = Config.from_mapping(
-        # Hypercorn takes ownership of the descriptor and closes it when done.
-        bind=[f"fd://{sock.detach()}"],
         worker_class=worker_class,
         graceful_timeout=graceful_timeout,
         accesslog=accesslog,
         errorlog="-",
         access_log_format='%(h)s "%(r)s" %(s)s %(b)s',
     )
-
-    async def until_signal() -> None:
-        with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-            async for _signum in signals:
-                return
-
-    waiters: list[Callable[[], Awaitable[None]]] = [until_signal] if handle_signals else []
-    if shutdown_trigger is not None:
-        waiters.append(shutdown_trigger)
-
-    async def stop_when_any_fires() -> None:
-        async with anyio.create_task_group() as tg:
-
-            async def fire(waiter: Callable[[], Awaitable[None]]) -> None:
-                await waiter()
-                tg.cancel_scope.cancel()
-
-            for waiter in waiters:
-                tg.start_soon(fire, waiter)
-            if not waiters:
-                await anyio.sleep_forever()
+    sockets = Sockets(secure_sockets=[], insecure_sockets=[sock], quic_sockets=[])
+    serve = partial(
+        serve_until,
+        application,
+        config,
+        triggers=[shutdown_trigger] if shutdown_trigger is not None else [],
+        signals=SHUTDOWN_SIGNALS if handle_signals else (),
+        sockets=sockets,
+    )
 
     async def main() -> None:
-        if on_started is not None:
-            on_started()
-        await serve_hypercorn(application, config, shutdown_trigger=stop_when_any_fires)
+        async with anyio.create_task_group() as group:
+            await group.start(serve)
+            if on_started is not None:
+                on_started()
 
     anyio.run(main, backend=backend, backend_options=backend_options)
 
