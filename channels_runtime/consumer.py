@@ -14,11 +14,14 @@ from typing import Any, ClassVar
 from . import DEFAULT_CHANNEL_LAYER
 from .asgi import Message, Receive, Scope, Send
 from .compat.backend import ensure_bridge
-from .db import aclose_old_connections, database_sync_to_async
+from .db import aclose_old_connections, close_pass_due, database_sync_to_async
 from .dispatch import dispatch_serially
 from .exceptions import StopConsumer
 from .layers import get_channel_layer
 from .sync import async_to_sync
+
+
+_handler_names: dict[str, str] = {}
 
 
 def get_handler_name(message: Message) -> str:
@@ -31,11 +34,17 @@ def get_handler_name(message: Message) -> str:
         message_type = message["type"]
     except (KeyError, TypeError):
         raise ValueError(f"Incoming message has no 'type' attribute: {message!r}") from None
+    try:
+        return _handler_names[message_type]
+    except (KeyError, TypeError):
+        pass
     if not isinstance(message_type, str):
         raise ValueError(f"Message type must be a string, got {message_type!r}")
     handler_name = message_type.replace(".", "_")
     if handler_name.startswith("_"):
         raise ValueError(f"Malformed type in message (leading underscore): {message_type!r}")
+    if len(_handler_names) < 4096:  # types are few; the bound only guards against misuse
+        _handler_names[message_type] = handler_name
     return handler_name
 
 
@@ -85,13 +94,16 @@ class AsyncConsumer:
             raise ValueError(
                 f"No handler for message type {message['type']!r} on {type(self).__qualname__}"
             )
-        await aclose_old_connections()
+        if close_pass_due():
+            await aclose_old_connections()
         try:
             await handler(message)
         except StopConsumer:
-            await aclose_old_connections()
+            if close_pass_due():
+                await aclose_old_connections()
             raise
-        await aclose_old_connections()
+        if close_pass_due():
+            await aclose_old_connections()
 
     async def send(self, message: Message) -> None:
         """Send ``message`` to the client (override to intercept outgoing messages)."""

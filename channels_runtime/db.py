@@ -42,6 +42,7 @@ __all__ = [
     "DatabaseSyncToAsync",
     "aclose_old_connections",
     "close_old_connections",
+    "close_pass_due",
     "connections_need_closing",
     "database_sync_to_async",
     "keep_connections_open",
@@ -135,6 +136,15 @@ def connections_need_closing() -> bool:
 # -- closing -------------------------------------------------------------------
 
 
+def close_pass_due() -> bool:
+    """Whether :func:`aclose_old_connections` would do anything now (no await needed).
+
+    The consumer's hot path calls this first, so that the usual answer — no —
+    costs no coroutine.
+    """
+    return not _keep_depth and bool(_open_wrappers) and connections_need_closing()
+
+
 def close_old_connections(**kwargs: Any) -> None:
     """Django's ``close_old_connections`` for this thread, unless tests keep connections open."""
     if _keep_depth:
@@ -148,9 +158,8 @@ async def aclose_old_connections() -> None:
     Hops to the thread-sensitive thread (where the connections live) only when
     :func:`connections_need_closing` says a close pass would do something.
     """
-    if _keep_depth or not connections_need_closing():
-        return
-    await sync_to_async(close_old_connections)()
+    if close_pass_due():
+        await sync_to_async(close_old_connections)()
 
 
 class DatabaseSyncToAsync(SyncToAsync):

@@ -2,11 +2,11 @@
 
 A consumer listens to two sources at once: its client (the ASGI ``receive``)
 and its channel on the channel layer. Each source gets a *pump* task that
-receives from it and then dispatches the message while holding a fair lock.
-The lock makes handlers run one at a time, in the order their messages
-arrived, and a source is not read again until its previous message has been
-handled — the same back-pressure Channels gives, without a task per message
-or a hop through a queue on the hot path.
+receives from it and then dispatches the message while holding a fair
+:class:`Turn`. The turn makes handlers run one at a time, in the order their
+messages arrived, and a source is not read again until its previous message
+has been handled — the same back-pressure Channels gives, without a task per
+message or a hop through a queue on the hot path.
 
 Both pumps live in one task group owned by :func:`dispatch_serially`; when a
 handler raises (``StopConsumer`` included) the group is cancelled and the
@@ -16,6 +16,7 @@ wrapped in an ``ExceptionGroup``.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 
 import anyio
@@ -23,6 +24,43 @@ import anyio
 from .asgi import Message, Receive
 
 Dispatch = Callable[[Message], Awaitable[None]]
+
+
+class Turn:
+    """A fair mutual exclusion for the pumps of one consumer.
+
+    Unlike ``anyio.Lock`` it adds no checkpoint when free: the message is
+    handled at once, and the handler's own awaits are where the loop gets
+    control back. When taken, waiters queue in arrival order and the turn is
+    handed directly to the first of them on release.
+    """
+
+    __slots__ = ("_busy", "_waiters")
+
+    def __init__(self) -> None:
+        self._busy = False
+        self._waiters: deque[anyio.Event] = deque()
+
+    async def acquire(self) -> None:
+        if not self._busy:
+            self._busy = True
+            return
+        handed_over = anyio.Event()
+        self._waiters.append(handed_over)
+        try:
+            await handed_over.wait()
+        except BaseException:
+            if handed_over.is_set():
+                self.release()  # it was ours already: pass it on
+            else:
+                self._waiters.remove(handed_over)
+            raise
+
+    def release(self) -> None:
+        if self._waiters:
+            self._waiters.popleft().set()  # stays busy: ownership moves to the waiter
+        else:
+            self._busy = False
 
 
 async def dispatch_serially(sources: Sequence[Receive], dispatch: Dispatch) -> None:
@@ -37,7 +75,7 @@ async def dispatch_serially(sources: Sequence[Receive], dispatch: Dispatch) -> N
         while True:
             await dispatch(await receive())
 
-    lock = anyio.Lock(fast_acquire=True)
+    turn = Turn()
     failure: Exception | None = None
 
     async def pump(receive: Receive, cancel_scope: anyio.CancelScope) -> None:
@@ -45,8 +83,11 @@ async def dispatch_serially(sources: Sequence[Receive], dispatch: Dispatch) -> N
         try:
             while True:
                 message = await receive()
-                async with lock:
+                await turn.acquire()
+                try:
                     await dispatch(message)
+                finally:
+                    turn.release()
         except Exception as exc:
             if failure is None:
                 failure = exc

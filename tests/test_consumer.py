@@ -221,3 +221,69 @@ async def test_as_asgi_builds_an_instance_per_connection() -> None:
         assert await pipe.from_app_receive.receive() == {"type": "test.pong", "label": "x"}
     assert len(instances) == 2
     assert instances[0] is not instances[1]
+
+
+async def test_turn_is_fair_and_survives_cancelled_waiters() -> None:
+    from channels_runtime.dispatch import Turn
+
+    turn = Turn()
+    order: list[str] = []
+    await turn.acquire()  # held by "us"
+
+    async def waiter(name: str) -> None:
+        await turn.acquire()
+        order.append(name)
+        turn.release()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(waiter, "a")
+        await anyio.wait_all_tasks_blocked()
+        tg.start_soon(waiter, "c")
+        await anyio.wait_all_tasks_blocked()
+        cancelled_scope = anyio.CancelScope()
+
+        async def cancellable() -> None:
+            with cancelled_scope:
+                await turn.acquire()
+                order.append("never")
+
+        tg.start_soon(cancellable)
+        await anyio.wait_all_tasks_blocked()
+        tg.start_soon(waiter, "b")
+        await anyio.wait_all_tasks_blocked()
+        cancelled_scope.cancel()  # leaves the queue without taking the turn
+        await anyio.wait_all_tasks_blocked()
+        turn.release()
+    assert order == ["a", "c", "b"]
+
+
+async def test_turn_handed_over_to_a_cancelled_waiter_is_passed_on() -> None:
+    from channels_runtime.dispatch import Turn
+
+    turn = Turn()
+    await turn.acquire()
+    got: list[str] = []
+    scope = anyio.CancelScope()
+
+    async def first() -> None:
+        with scope:
+            await turn.acquire()
+            # Handed the turn as it was cancelled: it may still get it (the wait had
+            # completed) or pass it on, but the turn must never be lost.
+            got.append("first")
+            turn.release()
+
+    async def second() -> None:
+        await turn.acquire()
+        got.append("second")
+        turn.release()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(first)
+        await anyio.wait_all_tasks_blocked()
+        tg.start_soon(second)
+        await anyio.wait_all_tasks_blocked()
+        turn.release()  # hands the turn to `first`...
+        scope.cancel()  # ...which is cancelled before it runs
+    assert got[-1] == "second"
+    await turn.acquire()  # and the turn is free again afterwards
