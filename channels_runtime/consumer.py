@@ -20,7 +20,6 @@ from .exceptions import StopConsumer
 from .layers import get_channel_layer
 from .sync import async_to_sync
 
-
 _handler_names: dict[str, str] = {}
 
 

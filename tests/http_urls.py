@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import anyio
 import sniffio
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
+from django.core.files.uploadedfile import UploadedFile
 from django.http import (
     FileResponse,
     HttpRequest,
@@ -23,6 +24,7 @@ from django.http import (
     JsonResponse,
     StreamingHttpResponse,
 )
+from django.http.response import HttpResponseBase
 from django.urls import path, reverse
 
 
@@ -84,6 +86,7 @@ async def aecho(request: HttpRequest) -> HttpResponse:
 
 def upload(request: HttpRequest) -> HttpResponse:
     uploaded = request.FILES["file"]
+    assert isinstance(uploaded, UploadedFile)
     content = uploaded.read()
     return JsonResponse(
         {
@@ -125,13 +128,16 @@ async def aboom(request: HttpRequest) -> HttpResponse:
 
 
 def slow(request: HttpRequest) -> HttpResponse:
-    """Sleeps, counting how many run at once; for the capacity limiter tests."""
+    """Sleeps (or waits for the gate), counting how many run at once."""
     probe = probe_for(request)
     with probe.lock:
         probe.running += 1
         probe.most_running = max(probe.most_running, probe.running)
     try:
-        time.sleep(float(request.GET.get("seconds", "0.15")))
+        if "seconds" in request.GET:
+            time.sleep(float(request.GET["seconds"]))
+        elif not probe.gate.wait(5):
+            raise TimeoutError("the test never opened the gate")
     finally:
         with probe.lock:
             probe.running -= 1
@@ -139,7 +145,7 @@ def slow(request: HttpRequest) -> HttpResponse:
     return HttpResponse(b"slept")
 
 
-def serve_file(request: HttpRequest) -> HttpResponse:
+def serve_file(request: HttpRequest) -> HttpResponseBase:
     return FileResponse(open(probe_for(request).file_path, "rb"), as_attachment=True)
 
 
@@ -196,39 +202,39 @@ async def _aendless(probe: Probe) -> AsyncIterator[bytes]:
         probe.closed.set()
 
 
-def stream(request: HttpRequest) -> HttpResponse:
+def stream(request: HttpRequest) -> HttpResponseBase:
     probe = probe_for(request)
     probe.threads["view"] = threading.get_ident()
     return StreamingHttpResponse(_gated_chunks(probe), content_type="text/plain")
 
 
-async def astream(request: HttpRequest) -> HttpResponse:
+async def astream(request: HttpRequest) -> HttpResponseBase:
     return StreamingHttpResponse(_agated_chunks(probe_for(request)), content_type="text/plain")
 
 
-def stream_async_from_sync(request: HttpRequest) -> HttpResponse:
+def stream_async_from_sync(request: HttpRequest) -> HttpResponseBase:
     """A sync view returning an async iterator."""
     return StreamingHttpResponse(_agated_chunks(probe_for(request)), content_type="text/plain")
 
 
-async def astream_sync(request: HttpRequest) -> HttpResponse:
+async def astream_sync(request: HttpRequest) -> HttpResponseBase:
     """An async view returning a sync iterator."""
     return StreamingHttpResponse(_gated_chunks(probe_for(request)), content_type="text/plain")
 
 
-def endless(request: HttpRequest) -> HttpResponse:
+def endless(request: HttpRequest) -> HttpResponseBase:
     return StreamingHttpResponse(_endless(probe_for(request)), content_type="text/plain")
 
 
-async def aendless(request: HttpRequest) -> HttpResponse:
+async def aendless(request: HttpRequest) -> HttpResponseBase:
     return StreamingHttpResponse(_aendless(probe_for(request)), content_type="text/plain")
 
 
-def endless_async_from_sync(request: HttpRequest) -> HttpResponse:
+def endless_async_from_sync(request: HttpRequest) -> HttpResponseBase:
     return StreamingHttpResponse(_aendless(probe_for(request)), content_type="text/plain")
 
 
-async def aendless_sync(request: HttpRequest) -> HttpResponse:
+async def aendless_sync(request: HttpRequest) -> HttpResponseBase:
     return StreamingHttpResponse(_endless(probe_for(request)), content_type="text/plain")
 
 

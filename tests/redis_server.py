@@ -103,21 +103,11 @@ class RedisServer:
             if self.tls
             else ["--port", str(self.port)]
         )
+        args = [self.binary, *self.leading_args, *port_args]
+        args += ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        args += ["--dir", str(self.dir), *self.extra_args]
         self.process = subprocess.Popen(
-            [
-                self.binary,
-                *self.leading_args,
-                *port_args,
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.dir),
-                *self.extra_args,
-            ],  # fmt: skip
+            args,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

@@ -23,13 +23,12 @@ from typing import Any
 import anyio
 import pytest
 from anyio.streams.buffered import BufferedByteReceiveStream
+from redis_server import RedisServer, free_port, require_binary
 
 from channels_runtime.exceptions import ChannelFull, MessageTooLarge
 from channels_runtime.layers.redis import RedisChannelLayer, RedisUnavailable, decode_hosts
 from channels_runtime.layers.redis.hosts import ConfigurationError, shard_index
 from channels_runtime.layers.redis.protocol import ReplyError
-
-from redis_server import RedisServer, free_port, require_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -41,7 +40,7 @@ def server() -> Iterator[RedisServer]:
 
 
 @pytest.fixture
-def make_layer(server: RedisServer) -> Iterator[Any]:
+def make_layer(server: RedisServer) -> Any:
     """Build layers on the shared server, each under its own prefix."""
 
     def make(**kwargs: Any) -> RedisChannelLayer:
@@ -49,7 +48,7 @@ def make_layer(server: RedisServer) -> Iterator[Any]:
         kwargs.setdefault("prefix", "t" + uuid.uuid4().hex[:10])
         return RedisChannelLayer(**kwargs)
 
-    yield make
+    return make
 
 
 @pytest.fixture
@@ -90,10 +89,12 @@ def test_hosts_forms() -> None:
     )  # fmt: skip
     assert (specs[1].host, specs[1].port, specs[1].ssl_context) == ("10.0.0.1", 6379, None)
     assert (specs[2].port, specs[2].db, specs[2].socket_timeout) == (7000, 1, 3.0)
-    assert specs[3].ssl_context is not None and specs[3].username == "user"
+    assert specs[3].ssl_context is not None
+    assert specs[3].username == "user"
     assert specs[3].port == 6379
-    assert specs[4].unix_path == "/run/redis.sock" and specs[4].db == 3
-    assert "secret" not in repr(specs[3]) and "secret" not in specs[3].describe()
+    assert (specs[4].unix_path, specs[4].db) == ("/run/redis.sock", 3)
+    assert "secret" not in repr(specs[3])
+    assert "secret" not in specs[3].describe()
     assert decode_hosts(None)[0].describe() == "redis://localhost:6379/0"
 
 
@@ -140,8 +141,39 @@ def test_selected_by_channel_layers_setting(server: RedisServer) -> None:
     with override_settings(CHANNEL_LAYERS=config):
         layer = get_channel_layer()
         assert isinstance(layer, RedisChannelLayer)
-        assert layer.capacity == 7 and layer.prefix == "settings"
+        assert (layer.capacity, layer.prefix) == (7, "settings")
         assert layer.extensions == ["groups", "flush"]
+
+
+def test_unknown_config_key_is_reported(server: RedisServer) -> None:
+    from django.test import override_settings
+
+    from channels_runtime.exceptions import InvalidChannelLayerError
+    from channels_runtime.layers import get_channel_layer
+
+    config = {
+        "default": {
+            "BACKEND": "channels_runtime.layers.redis.RedisChannelLayer",
+            "CONFIG": {"hosts": [server.url], "capacty": 7},
+        }
+    }
+    with (
+        override_settings(CHANNEL_LAYERS=config),
+        pytest.raises(InvalidChannelLayerError, match="capacty"),
+    ):
+        get_channel_layer()
+
+
+def test_missing_redis_server_skips_or_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    import redis_server
+
+    monkeypatch.setattr(redis_server.shutil, "which", lambda name: None)
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="redis-server is not installed"):
+        require_binary()
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI must provide it"):
+        require_binary()
 
 
 def test_consistent_hashing() -> None:
@@ -158,8 +190,6 @@ def test_consistent_hashing() -> None:
 
 
 # -- the core API ---------------------------------------------------------------------
-
-pytestmark_anyio = pytest.mark.anyio
 
 
 @pytest.mark.anyio
@@ -261,6 +291,24 @@ async def test_new_channel_names(layer: RedisChannelLayer) -> None:
     assert other.startswith(f"websocket.send.{layer.client_token}!")
     await layer.send(other, {"x": 1})
     assert await receive_within(layer, other) == {"x": 1}
+
+
+@pytest.mark.anyio
+async def test_fork_gets_a_new_token(layer: RedisChannelLayer) -> None:
+    """After fork() (simulated) the child must not share the parent's specific
+    channels nor its connections."""
+    before = await layer.new_channel()
+    old_state = layer._state()
+    layer._pid = -1  # as if this were the child of the process that made the layer
+    after = await layer.new_channel()
+    assert before.split("!")[0] != after.split("!")[0]
+    assert layer._state() is not old_state
+    with pytest.raises(ValueError, match="not made by this layer"):
+        await layer.receive(before)
+    await layer.send(after, {"child": True})
+    assert await receive_within(layer, after) == {"child": True}
+    for shard in old_state.shards:
+        await shard.close()
 
 
 @pytest.mark.anyio
@@ -389,7 +437,27 @@ async def test_local_buffers_are_bounded_and_expire(make_layer: Any) -> None:
         assert local.buffered == 3
         await anyio.sleep(0.6)
         await nothing_within(layer, idle, 0.2)
-        assert local.buffered == 0 and not local.buffers
+        assert local.buffered == 0
+        assert not local.buffers
+    finally:
+        await layer.flush()
+        await layer.close()
+
+
+@pytest.mark.anyio
+async def test_local_buffers_have_a_total_cap(make_layer: Any) -> None:
+    layer = make_layer(max_buffered=3)
+    try:
+        idle = [await layer.new_channel() for _ in range(5)]
+        busy = await layer.new_channel()
+        for channel in idle:
+            await layer.send(channel, {"to": channel})
+        await layer.send(busy, {})
+        await receive_within(layer, busy)
+        assert layer._state().local.buffered == 3
+        for channel in idle[:3]:
+            assert await receive_within(layer, channel) == {"to": channel}
+        await nothing_within(layer, idle[3], 0.1)
     finally:
         await layer.flush()
         await layer.close()
@@ -627,7 +695,7 @@ def test_encryption_needs_cryptography(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ImportError, match="pip install cryptography"):
         RedisChannelLayer(symmetric_encryption_keys=["k"])
     with pytest.raises(ValueError, match="list of keys"):
-        RedisChannelLayer(symmetric_encryption_keys="k")  # type: ignore[arg-type]
+        RedisChannelLayer(symmetric_encryption_keys="k")
 
 
 # -- failures ------------------------------------------------------------------------
@@ -696,10 +764,49 @@ async def test_receivers_survive_redis_restart(
             for channel in [*specific, "plain-a", "plain-b"]:
                 await layer.send(channel, {"to": channel})
     assert got == {c: {"to": c} for c in [*specific, "plain-a", "plain-b"]}
-    assert "unreachable" in caplog.text and "reachable again" in caplog.text
+    assert "unreachable" in caplog.text
+    assert "reachable again" in caplog.text
     await layer.flush()
     await layer.close()
     assert own_server.connected_clients() == 0
+
+
+@pytest.mark.anyio
+async def test_retried_send_is_not_queued_twice(layer: RedisChannelLayer) -> None:
+    """A send retried because its first attempt may have landed (the reply was
+    lost) is recognised by its element and not queued again."""
+    from channels_runtime.layers.redis import scripts
+
+    shard = layer._state().shards[0]
+    element = layer._header(shard) + b"payload"
+    key = f"{layer.prefix}:ch:dedupe"
+    for flag in (b"0", b"1", b"1"):
+        args = (100, 60_000, element, flag)
+        assert await layer._run_script(shard, scripts.SEND, (key,), args, "test") == 1
+    assert await layer._simple(shard, ("LLEN", key), "test") == 1
+
+
+@pytest.mark.anyio
+async def test_send_waits_out_a_read_only_server(own_server: RedisServer) -> None:
+    """A server that answers READONLY (a demoted master, as during a Sentinel
+    failover) is retried until it accepts writes again, within the budget."""
+    layer = RedisChannelLayer(hosts=[own_server.url], retry_budget=5)
+    try:
+        await layer.send("x", {"n": 0})
+        own_server.command("REPLICAOF", "127.0.0.1", free_port())
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(layer.send, "x", {"n": 1})
+            await anyio.sleep(0.3)
+            own_server.command("REPLICAOF", "NO", "ONE")
+        assert await receive_within(layer, "x") == {"n": 0}
+        assert await receive_within(layer, "x") == {"n": 1}
+        layer.retry_budget = 0.2
+        own_server.command("REPLICAOF", "127.0.0.1", free_port())
+        with pytest.raises(RedisUnavailable, match="READONLY"):
+            await layer.send("x", {"n": 2})
+    finally:
+        own_server.command("REPLICAOF", "NO", "ONE")
+        await layer.close()
 
 
 @pytest.mark.anyio
@@ -714,7 +821,8 @@ async def test_cancel_while_redis_is_down(own_server: RedisServer) -> None:
             tg.start_soon(layer.receive, channel)
             tg.start_soon(layer.receive, "plain")
     assert time.monotonic() - started < 1.5
-    assert layer._state().local.reader is None and not layer._state().local.waiters
+    assert layer._state().local.reader is None
+    assert not layer._state().local.waiters
     own_server.start()
     await layer.send(channel, {"ok": 1})
     assert await receive_within(layer, channel) == {"ok": 1}
@@ -739,7 +847,9 @@ async def test_several_shards(server: RedisServer, own_server: RedisServer) -> N
         on_second = int(
             own_server.command("EVAL", f"return #redis.call('KEYS', '{prefix}:*')", 0)[1:-2]
         )
-        assert on_first > 0 and on_second > 0 and on_first + on_second == 20
+        assert on_first > 0
+        assert on_second > 0
+        assert on_first + on_second == 20
         for channel in channels:
             assert await receive_within(other_process, channel) == {"c": channel}
         # A group whose members live on both shards, in two processes.
@@ -771,7 +881,8 @@ def _make_certificates(directory: Path) -> tuple[Path, Path, Path]:
     openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
             "-keyout", "server.key", "-out", "server.csr")  # fmt: skip
     openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
-            "-CAcreateserial", "-days", "2", "-extfile", "san.cnf", "-out", "server.crt")  # fmt: skip
+            "-CAcreateserial", "-days", "2", "-extfile", "san.cnf",
+            "-out", "server.crt")  # fmt: skip
     return directory / "ca.crt", directory / "server.crt", directory / "server.key"
 
 

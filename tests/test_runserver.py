@@ -18,6 +18,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
 from django.core.management import CommandError, call_command, get_commands
@@ -137,6 +138,11 @@ INSTALLED_APPS = ["channels_runtime", "django.contrib.staticfiles", "miniproj"]
 ASGI_APPLICATION = "miniproj.asgi.application"
 DATABASES = {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": BASE_DIR / "db.sqlite3"}}
 CHANNEL_LAYERS = {"default": {"BACKEND": "channels_runtime.layers.InMemoryChannelLayer"}}
+if os.environ.get("MINI_REDIS_URL"):
+    CHANNEL_LAYERS["default"] = {
+        "BACKEND": "channels_runtime.layers.redis.RedisChannelLayer",
+        "CONFIG": {"hosts": [os.environ["MINI_REDIS_URL"]], "prefix": "mini"},
+    }
 STATIC_URL = "static/"
 USE_TZ = True
 """
@@ -153,9 +159,10 @@ django.setup()
 from django.urls import path
 
 from channels_runtime.compat.backend import current_backend
+from channels_runtime.consumer import AsyncConsumer
 from channels_runtime.generic.http import AsyncHttpConsumer
 from channels_runtime.generic.websocket import AsyncWebsocketConsumer
-from channels_runtime.routing import ProtocolTypeRouter, URLRouter
+from channels_runtime.routing import ChannelNameRouter, ProtocolTypeRouter, URLRouter
 
 VERSION = "{version}"
 
@@ -171,10 +178,20 @@ class Echo(AsyncWebsocketConsumer):
         await self.send(text_data="echo:" + text_data)
 
 
+class Tasks(AsyncConsumer):
+    async def task_write(self, message):
+        # Written under a temporary name and renamed, so a reader never sees half.
+        target = message["path"]
+        with open(target + ".part", "w") as file:
+            file.write(message["text"] + " on " + current_backend())
+        os.replace(target + ".part", target)
+
+
 application = ProtocolTypeRouter(
     {{
         "http": URLRouter([path("hello/", Hello.as_asgi())]),
         "websocket": URLRouter([path("ws/", Echo.as_asgi())]),
+        "channel": ChannelNameRouter({{"tasks": Tasks.as_asgi()}}),
     }}
 )
 """
@@ -313,6 +330,62 @@ def test_missing_asgi_application_is_a_command_error() -> None:
         pytest.raises(CommandError, match="ASGI_APPLICATION"),
     ):
         call_command("runserver", "--noreload")
+
+
+# -- runworker -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("worker_class", ["asyncio", "trio"])
+def test_runworker_runs_channel_consumers(project: Path, worker_class: str) -> None:
+    from redis_server import RedisServer
+
+    from channels_runtime.layers.redis import RedisChannelLayer
+
+    with RedisServer() as redis, running(
+        [sys.executable, "manage.py", "runworker", "tasks", "-k", worker_class],
+        cwd=project,
+        env={"MINI_REDIS_URL": redis.url},
+    ) as worker:
+        worker.wait_for(r"Running worker for channel\(s\) tasks")
+        target = project / "done.txt"
+
+        async def send() -> None:
+            layer = RedisChannelLayer(hosts=[redis.url], prefix="mini")
+            try:
+                await layer.send(
+                    "tasks", {"type": "task.write", "path": str(target), "text": "written"}
+                )
+            finally:
+                await layer.close()
+
+        anyio.run(send)
+        deadline = time.monotonic() + TIMEOUT
+        while not target.exists():
+            assert worker.process.poll() is None, worker.output
+            assert time.monotonic() < deadline, f"no task result; worker said:\n{worker.output}"
+            time.sleep(0.05)
+        backend = "trio" if worker_class == "trio" else "asyncio"
+        assert target.read_text() == f"written on {backend}"
+
+        worker.signal(signal.SIGINT)
+        assert worker.wait_exit() == 0, worker.output
+        assert "Worker stopped." in worker.output
+
+
+def test_runworker_needs_a_configured_layer() -> None:
+    with (
+        override_settings(ASGI_APPLICATION="channels_runtime.routing.ChannelNameRouter"),
+        pytest.raises(CommandError, match="No channel layer 'missing'"),
+    ):
+        call_command("runworker", "tasks", "--layer", "missing")
+
+
+def test_runworker_needs_an_application() -> None:
+    with (
+        override_settings(ASGI_APPLICATION=None),
+        pytest.raises(CommandError, match="ASGI_APPLICATION"),
+    ):
+        call_command("runworker", "tasks")
 
 
 # -- the system check ------------------------------------------------------------------

@@ -19,7 +19,7 @@ __all__ = ["serve_hypercorn"]
 
 
 async def serve_hypercorn(
-    app: Any, config: Config, *, shutdown_trigger: Callable[[], Awaitable[object]]
+    app: Any, config: Config, *, shutdown_trigger: Callable[[], Awaitable[None]]
 ) -> None:
     """Serve ``app`` with the Hypercorn flavour matching the running loop.
 

@@ -153,7 +153,7 @@ def import_application(target: Target, *, settings_hint: str | None) -> ASGIApp:
     _setup_django(settings_module)
     if not callable(app):
         raise ProjectError(f"{target} is {type(app).__name__}, not an ASGI application")
-    return app  # type: ignore[no-any-return]
+    return app
 
 
 def _no_settings_message(settings_hint: str | None) -> str:

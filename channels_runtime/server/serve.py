@@ -17,7 +17,7 @@ A second SIGINT/SIGTERM during that wait cuts it short: everything is
 cancelled at once.
 
 Sockets are bound (and listening) before the application starts, as under
-``hypercorn`` with workers, and handed to Hypercorn as ``fd://`` binds. So the
+``hypercorn`` with workers, and handed to Hypercorn when it asks for them. So the
 real addresses are known up front (port 0 works, and ``task_status`` reports
 them), a busy port fails before any application code runs, and connections
 arriving during startup wait in the backlog instead of being refused.
@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
+import signal
 import socket
+import threading
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,7 +43,7 @@ from ..compat.hypercorn_serve import serve_hypercorn
 from .shutdown import GracefulShutdown
 from .signals import SHUTDOWN_SIGNALS, first_of, open_shutdown_signals, signal_name
 
-__all__ = ["ServeResult", "bind_sockets", "serve", "serve_until", "socket_urls"]
+__all__ = ["ServeResult", "bind_sockets", "close_sockets", "serve", "serve_until", "socket_urls"]
 
 logger = logging.getLogger("channels_runtime.server")
 
@@ -80,29 +81,29 @@ def socket_urls(sockets: Sockets) -> list[str]:
     return urls
 
 
-def _hand_over(config: Config, sockets: Sockets) -> tuple[Config, list[int]]:
-    """A copy of ``config`` serving ``sockets`` through ``fd://`` binds.
+def _hand_over(config: Config, sockets: Sockets) -> Config:
+    """A copy of ``config`` that makes Hypercorn serve ``sockets``.
 
-    The socket objects are detached, so Hypercorn's own socket objects become
-    the only owners of the descriptors; the descriptors are returned so they
-    can be closed if Hypercorn never gets as far as taking them.
+    Both Hypercorn flavours call ``config.create_sockets()`` once the
+    application has started; this copy answers with the sockets bound here.
+    The socket objects stay the same ones throughout, so whoever closes them
+    last (Hypercorn, or ``serve_until`` on the way out) closes each descriptor
+    exactly once, whether or not Hypercorn got as far as taking them.
     """
     handed = copy.copy(config)
-    handed.workers = 1  # this is one worker; the process count is run.py's business
-    descriptors: list[int] = []
+    handed.create_sockets = lambda: sockets  # type: ignore[method-assign]
+    # One worker on a loop someone else started: Hypercorn's serve() warns about
+    # these settings, which only matter to whoever makes processes and loops.
+    handed.workers = 1
+    handed.debug = False
+    return handed
 
-    def binds(group: list[socket.socket]) -> list[str]:
-        fds = [sock.detach() for sock in group]
-        descriptors.extend(fds)
-        return [f"fd://{fd}" for fd in fds]
 
-    if config.ssl_enabled:
-        handed.bind = binds(sockets.secure_sockets)
-        handed.insecure_bind = binds(sockets.insecure_sockets)
-        handed.quic_bind = binds(sockets.quic_sockets)
-    else:
-        handed.bind = binds(sockets.insecure_sockets)
-    return handed, descriptors
+def close_sockets(sockets: Sockets) -> None:
+    """Close every socket in ``sockets`` (closing one twice does nothing)."""
+    for group in (sockets.secure_sockets, sockets.insecure_sockets, sockets.quic_sockets):
+        for sock in group:
+            sock.close()
 
 
 @dataclass
@@ -130,7 +131,7 @@ async def serve_until(
     config: Config,
     *,
     triggers: Sequence[ShutdownTrigger] = (),
-    signals: Sequence[int] = (),
+    signals: Sequence[signal.Signals] = (),
     sockets: Sockets | None = None,
     task_status: TaskStatus[list[str]] = anyio.TASK_STATUS_IGNORED,
 ) -> ServeResult:
@@ -140,17 +141,19 @@ async def serve_until(
     already-bound sockets to serve on (a worker process gets them from its
     parent); by default the ones ``config`` names are bound here.
     """
+    if signals and threading.current_thread() is not threading.main_thread():
+        raise RuntimeError(
+            "Handling SIGINT/SIGTERM needs the main thread; pass a shutdown_trigger "
+            "when serving from another thread"
+        )
     guard = GracefulShutdown(app)
     if sockets is None:
         sockets = bind_sockets(config)
     result = ServeResult(urls=socket_urls(sockets))
-    hypercorn_config, descriptors = _hand_over(config, sockets)
+    hypercorn_config = _hand_over(config, sockets)
     stop_accepting = anyio.Event()
-    hypercorn_started = False
 
-    async def supervise(
-        received: Any, cancel_all: anyio.CancelScope, serving: anyio.CancelScope
-    ) -> None:
+    async def supervise(received: Any, cancel_all: anyio.CancelScope) -> None:
         result.reason = await first_of(triggers, received)
         logger.info("Shutting down (%s)", result.reason)
         stop_accepting.set()
@@ -169,31 +172,31 @@ async def serve_until(
             return
 
     async def report_started() -> None:
-        nonlocal hypercorn_started
         await guard.wait_started()
-        hypercorn_started = True
         task_status.started(result.urls)
 
+    async def run_hypercorn(done: anyio.CancelScope) -> None:
+        # A task of its own, not the body of the task group: on Python 3.11,
+        # asyncio.TaskGroup (inside Hypercorn's asyncio worker) cancels its parent
+        # task when the shutdown trigger fires and never undoes that count
+        # (fixed in later CPython versions). anyio then refuses to swallow its own
+        # cancellation in that task, so the stray count must stay on a task that
+        # ends right here.
+        await serve_hypercorn(guard, hypercorn_config, shutdown_trigger=stop_accepting.wait)
+        done.cancel()
+
     try:
-        async with open_shutdown_signals(signals) as received:
-            async with anyio.create_task_group() as group:
-                group.start_soon(supervise, received, group.cancel_scope, group.cancel_scope)
-                group.start_soon(report_started)
-                await serve_hypercorn(guard, hypercorn_config, shutdown_trigger=stop_accepting.wait)
-                group.cancel_scope.cancel()
+        async with open_shutdown_signals(signals) as received, anyio.create_task_group() as group:
+            group.start_soon(supervise, received, group.cancel_scope)
+            group.start_soon(report_started)
+            group.start_soon(run_hypercorn, group.cancel_scope)
     except BaseExceptionGroup as exc_group:
         leaves = _leaves(exc_group)
         if len(leaves) == 1:
             raise leaves[0] from None
         raise
     finally:
-        if not hypercorn_started:
-            # Hypercorn turns the descriptors into sockets only after startup.
-            for fd in descriptors:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
+        close_sockets(sockets)
     return result
 
 

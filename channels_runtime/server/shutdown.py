@@ -173,19 +173,28 @@ class GracefulShutdown:
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = self._started_event()
+        failed = False
 
         async def watch_send(message: Message) -> None:
-            if message.get("type") == "lifespan.startup.complete":
+            nonlocal failed
+            message_type = message.get("type")
+            if message_type == "lifespan.startup.complete":
                 started.set()
+            elif message_type == "lifespan.startup.failed":
+                failed = True
             await send(message)
 
         try:
             await self.app(scope, receive, watch_send)
-        finally:
-            # Returning or raising without completing startup means "no lifespan
-            # support": Hypercorn carries on serving, so the server has started.
-            # (A startup.failed message raises out of send and stops the server.)
-            started.set()
+        except Exception:
+            # An application that raises instead of answering has no lifespan
+            # support, and Hypercorn carries on serving without it; a reported
+            # failure (which raises out of send) stops the server instead.
+            if not failed:
+                started.set()
+            raise
+        # Returning without a startup answer also lets Hypercorn carry on.
+        started.set()
 
     def _started_event(self) -> anyio.Event:
         if self._started is None:
@@ -196,8 +205,8 @@ class GracefulShutdown:
         """Return once lifespan startup has completed (or was skipped by the app)."""
         await self._started_event().wait()
 
-    async def close_websockets(self, timeout: float) -> int:
-        """Close every open WebSocket with 1001 and wait up to ``timeout`` for the apps.
+    async def close_websockets(self, grace_period: float) -> int:
+        """Close every open WebSocket with 1001 and wait up to ``grace_period`` s for the apps.
 
         From the first call on, new WebSocket handshakes are refused. Returns
         how many applications were still running when the time ran out (0 when
@@ -210,7 +219,7 @@ class GracefulShutdown:
             return 0
         count = len(self._open)
         logger.info("Closing %d open WebSocket connection(s) with code %d", count, GOING_AWAY)
-        with anyio.move_on_after(timeout):
+        with anyio.move_on_after(grace_period):
             async with anyio.create_task_group() as group:
                 for connection in list(self._open):
                     group.start_soon(connection.go_away)
@@ -222,7 +231,7 @@ class GracefulShutdown:
                 "%d WebSocket application(s) still running after %.1fs; "
                 "the server will cancel them",
                 remaining,
-                timeout,
+                grace_period,
             )
         return remaining
 

@@ -25,7 +25,7 @@ __all__ = [
 ]
 
 #: Signals that ask for a graceful shutdown: Ctrl-C and what process managers send.
-SHUTDOWN_SIGNALS: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)
+SHUTDOWN_SIGNALS: tuple[signal.Signals, ...] = (signal.SIGINT, signal.SIGTERM)
 
 
 def signal_name(signum: int) -> str:
@@ -38,7 +38,7 @@ def signal_name(signum: int) -> str:
 
 @asynccontextmanager
 async def open_shutdown_signals(
-    signals: Sequence[int],
+    signals: Sequence[signal.Signals],
 ) -> AsyncIterator[AsyncIterator[int] | None]:
     """Receive ``signals`` for the duration of the block (``None`` if there are none).
 

@@ -433,6 +433,7 @@ def _child() -> None:
 
     from ..management.commands.runserver import StaticFilesApplication, serve_on_socket
     from ..routing import get_default_application
+    from ..server.signals import wait_until_readable
 
     dotted = payload["application"]
     application = import_string(dotted) if dotted else get_default_application()
@@ -446,10 +447,8 @@ def _child() -> None:
         os.close(ready_fd)
 
     async def until_stdin_closes() -> None:
-        import anyio
-
         # The parent writes nothing more: readable means closed (or the parent died).
-        await anyio.wait_readable(stdin_fd)
+        await wait_until_readable(stdin_fd)
 
     serve_on_socket(
         application,

@@ -3,8 +3,9 @@ processes and hosts through one or more Redis servers.
 
 How the pieces fit (the *why* of each is in the docstrings below):
 
-* every operation is one Lua script run in one round trip (``group_send``: one
-  per shard involved, or one in all when there is a single shard);
+* every operation is one round trip: sends and group calls are Lua scripts
+  that check and write atomically (``group_send``: one script in all on a single
+  shard, else one for the membership and one per shard holding members);
 * normal channels are Redis lists; each ``receive`` blocks in ``BLPOP``;
 * process-specific channels (``new_channel()``, ``"…!…"``) of one layer share one
   Redis list per layer instance. Whichever ``receive`` call is waiting first
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+import os
 import random
 import string
 import time
@@ -72,7 +74,10 @@ class _Transient(Exception):
     """A transient error reply, raised as a connection problem."""
 
 
-_FAILURES = (*CONNECTION_ERRORS, SentinelError, _Transient)
+_FAILURES: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, SentinelError, _Transient)
+
+
+_FAILURES_OR_REPLIES: tuple[type[BaseException], ...] = (*_FAILURES, ReplyError)
 
 
 def _loop_is_dead(token: Any) -> bool:
@@ -332,10 +337,10 @@ class _Local:
             waiter.event.set()
             return True
         buf = self.buffers.get(channel)
+        if not front and (self.buffered >= limit or (buf is not None and len(buf) >= capacity)):
+            return False
         if buf is None:
             buf = self.buffers[channel] = deque()
-        elif (len(buf) >= capacity or self.buffered >= limit) and not front:
-            return False
         if front:
             buf.appendleft((deadline, message))
         else:
@@ -483,11 +488,20 @@ class RedisChannelLayer(BaseChannelLayer):
         self._channel_prefix = f"{prefix}:ch:"
         self._process_prefix = f"{prefix}:pr:"
         self._group_prefix = f"{prefix}:gr:"
+        self._clocks = [ServerTime() for _ in self.hosts]
+        self._new_process()
+
+    def _new_process(self) -> None:
+        """Start afresh in this process: a new token for its specific channels
+        and no connections. Run at creation and again in a child after
+        ``fork()`` (a server that preloads the app): sharing the parent's token
+        would make both read each other's messages, and its sockets are the
+        parent's."""
+        self._pid = os.getpid()
         #: Names this instance's specific channels: ``<prefix>.<token>!<local>``.
         self.client_token = random.randbytes(12).translate(_LETTER_TABLE).decode()
         self._process_key = self._process_prefix + self.client_token
         self._process_shard = shard_index(self.client_token, self.ring_size)
-        self._clocks = [ServerTime() for _ in self.hosts]
         self._states: weakref.WeakKeyDictionary[Any, _LoopState] = weakref.WeakKeyDictionary()
         self._last: _LoopState | None = None
 
@@ -501,6 +515,8 @@ class RedisChannelLayer(BaseChannelLayer):
         state = self._last
         if state is not None and state.token_ref() is token:
             return state
+        if self._pid != os.getpid():
+            self._new_process()
         state = self._states.get(token)
         if state is None:
             for other in list(self._states):
@@ -632,7 +648,8 @@ class RedisChannelLayer(BaseChannelLayer):
             with anyio.CancelScope(shield=True):
                 reply = await self._withdraw(shard, conn)
                 if isinstance(reply, list):
-                    await salvage(reply[1])
+                    with anyio.move_on_after(self.socket_timeout):
+                        await salvage(reply[1])
             raise
         except _FAILURES:
             await shard.discard(conn, blocking=True)
@@ -672,7 +689,7 @@ class RedisChannelLayer(BaseChannelLayer):
                     if reply is not _LOST:
                         await shard.release(conn, blocking=True)
                         return reply
-        except (*_FAILURES, ReplyError):
+        except _FAILURES_OR_REPLIES:
             pass
         await shard.discard(conn, blocking=True)
         return _LOST
@@ -796,7 +813,7 @@ class RedisChannelLayer(BaseChannelLayer):
             if element is not None:
                 message = self._decode(shard, element, channel)
                 if message is not None:
-                    return message  # type: ignore[no-any-return]
+                    return message
 
     def _decode(self, shard: _Shard, element: bytes, channel: str) -> Any:
         """The message in a normal-channel element, or None if expired or unreadable."""
@@ -818,7 +835,7 @@ class RedisChannelLayer(BaseChannelLayer):
             local.sweep(now)
         message = local.take(channel, now)
         if message is not None:
-            return message  # type: ignore[no-any-return]
+            return message
         waiter = _Waiter(channel)
         waiters = local.waiters.get(channel)
         if waiters is None:
@@ -846,7 +863,7 @@ class RedisChannelLayer(BaseChannelLayer):
             local.pass_reader_role(waiter)
             raise
         local.pass_reader_role(waiter)
-        return waiter.message  # type: ignore[no-any-return]
+        return waiter.message
 
     def _check_single_reader(self, state: _LoopState) -> None:
         for token, other in list(self._states.items()):
@@ -916,6 +933,8 @@ class RedisChannelLayer(BaseChannelLayer):
         channels travel through one Redis list read by whichever of its
         receivers is waiting.
         """
+        if self._pid != os.getpid():
+            self._new_process()
         letters = random.randbytes(12).translate(_LETTER_TABLE).decode()
         name = f"{prefix}.{self.client_token}!{letters}"
         self.require_valid_channel_name(name)

@@ -333,9 +333,9 @@ async def _handshake(conn: Connection, spec: HostSpec, clock: ServerTime | None)
 
 
 async def _open_plain(
-    spec: HostSpec, generation: int, clock: ServerTime | None, timeout: float
+    spec: HostSpec, generation: int, clock: ServerTime | None, default_timeout: float
 ) -> Connection:
-    with anyio.fail_after(spec.connect_timeout or timeout):
+    with anyio.fail_after(spec.connect_timeout or default_timeout):
         stream = await open_stream(
             host=spec.host,
             port=spec.port,
@@ -356,21 +356,24 @@ class SentinelError(ConnectionError):
     """No sentinel could name a reachable master."""
 
 
-async def _ask_sentinels(spec: HostSpec, timeout: float) -> tuple[str, int]:
+_SENTINEL_FAILURES: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, ReplyError)
+
+
+async def _ask_sentinels(spec: HostSpec, default_timeout: float) -> tuple[str, int]:
     """Ask each sentinel in turn where the master is; the first answer wins."""
     assert spec.sentinel_spec is not None
     problems = []
     for host, port in spec.sentinels:
         sentinel = replace(spec.sentinel_spec, host=host, port=port, tls_hostname=host)
         try:
-            conn = await _open_plain(sentinel, 0, None, timeout)
-        except (*CONNECTION_ERRORS, ReplyError) as exc:
+            conn = await _open_plain(sentinel, 0, None, default_timeout)
+        except _SENTINEL_FAILURES as exc:
             problems.append(f"{host}:{port}: {exc!r}")
             continue
         try:
-            with anyio.fail_after(spec.socket_timeout or timeout):
+            with anyio.fail_after(spec.socket_timeout or default_timeout):
                 reply = await conn.request("SENTINEL", "GET-MASTER-ADDR-BY-NAME", spec.master_name)
-        except (*CONNECTION_ERRORS,) as exc:
+        except CONNECTION_ERRORS as exc:
             problems.append(f"{host}:{port}: {exc!r}")
             continue
         finally:
@@ -384,9 +387,10 @@ async def _ask_sentinels(spec: HostSpec, timeout: float) -> tuple[str, int]:
 
 
 async def open_connection(
-    spec: HostSpec, generation: int, clock: ServerTime | None, timeout: float
+    spec: HostSpec, generation: int, clock: ServerTime | None, default_timeout: float
 ) -> Connection:
-    """Open and set up a connection to the server ``spec`` describes.
+    """Open and set up a connection to the server ``spec`` describes, within
+    the spec's ``socket_connect_timeout`` (else ``default_timeout``) per step.
 
     In sentinel mode the master's address is asked for afresh on every new
     connection (connections are only opened at start-up and after a failure,
@@ -394,12 +398,12 @@ async def open_connection(
     to really be a master before it is used.
     """
     if not spec.sentinels:
-        return await _open_plain(spec, generation, clock, timeout)
-    host, port = await _ask_sentinels(spec, timeout)
+        return await _open_plain(spec, generation, clock, default_timeout)
+    host, port = await _ask_sentinels(spec, default_timeout)
     master = replace(spec, host=host, port=port, sentinels=(), sentinel_spec=None)
-    conn = await _open_plain(master, generation, clock, timeout)
+    conn = await _open_plain(master, generation, clock, default_timeout)
     try:
-        with anyio.fail_after(spec.socket_timeout or timeout):
+        with anyio.fail_after(spec.socket_timeout or default_timeout):
             role = await conn.request("ROLE")
     except BaseException:
         await conn.aclose()

@@ -134,10 +134,18 @@ class StaticFilesApplication:
             elif response.streaming:
                 chunks = iter(response.streaming_content)
                 take = sync_to_async(self._take, thread_sensitive=False)
+                # One chunk behind, so the last one goes out as the final
+                # message: a client that stops reading at Content-Length then
+                # never sees the response as unfinished.
+                previous: bytes | None = None
                 while batch := await take(chunks):
                     for chunk in batch:
-                        await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                await send({"type": "http.response.body", "body": b""})
+                        if previous is not None:
+                            await send(
+                                {"type": "http.response.body", "body": previous, "more_body": True}
+                            )
+                        previous = chunk
+                await send({"type": "http.response.body", "body": previous or b""})
             else:
                 await send({"type": "http.response.body", "body": response.content})
         finally:
