@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import socket
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, ClassVar
 from unittest import mock
 
 import anyio
@@ -121,7 +121,7 @@ def _echo(url: str) -> str:
 class _LiveServerChecks:
     """Run once per worker class by the subclasses below."""
 
-    application = APPLICATION
+    application: ClassVar[str | None] = APPLICATION
     live_server_url: str
     live_server_ws_url: str
 

@@ -341,11 +341,14 @@ def test_runworker_runs_channel_consumers(project: Path, worker_class: str) -> N
 
     from channels_runtime.layers.redis import RedisChannelLayer
 
-    with RedisServer() as redis, running(
-        [sys.executable, "manage.py", "runworker", "tasks", "-k", worker_class],
-        cwd=project,
-        env={"MINI_REDIS_URL": redis.url},
-    ) as worker:
+    with (
+        RedisServer() as redis,
+        running(
+            [sys.executable, "manage.py", "runworker", "tasks", "-k", worker_class],
+            cwd=project,
+            env={"MINI_REDIS_URL": redis.url},
+        ) as worker,
+    ):
         worker.wait_for(r"Running worker for channel\(s\) tasks")
         target = project / "done.txt"
 

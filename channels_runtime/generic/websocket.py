@@ -12,7 +12,7 @@ from __future__ import annotations
 import inspect
 import json
 import logging
-from typing import Any
+from typing import Any, ClassVar
 
 import anyio
 
@@ -124,7 +124,7 @@ class GroupMembership:
     groups: list[str] | None = None
 
     channel_layer: Any
-    channel_layer_alias: str
+    channel_layer_alias: ClassVar[str | None]
     channel_name: str
     _groups_left: bool = False
 

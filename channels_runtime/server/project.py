@@ -23,10 +23,12 @@ from ..asgi import ASGIApp
 __all__ = [
     "INMEMORY_BACKEND",
     "ProjectError",
+    "Target",
     "describe_channel_layer",
     "ensure_default_channel_layer",
     "import_application",
     "prepare_django",
+    "settings_hint_for",
     "split_target",
 ]
 
@@ -92,8 +94,7 @@ def prepare_django(hint_module: str | None) -> str | None:
     _add_cwd_to_path()
     chosen = os.environ.get("DJANGO_SETTINGS_MODULE")
     if not chosen and hint_module:
-        package = hint_module.rpartition(".")[0]
-        candidate = f"{package}.settings" if package else "settings"
+        candidate = settings_hint_for(hint_module)
         if _importable(candidate):
             chosen = candidate
             os.environ["DJANGO_SETTINGS_MODULE"] = candidate
