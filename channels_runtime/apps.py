@@ -6,3 +6,7 @@ from django.apps import AppConfig
 class ChannelsRuntimeConfig(AppConfig):
     name = "channels_runtime"
     verbose_name = "Channels Runtime"
+
+    def ready(self) -> None:
+        # Registers the system check that channels_runtime comes before staticfiles.
+        from . import checks  # noqa: F401

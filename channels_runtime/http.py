@@ -23,21 +23,30 @@ thread waits and serves the coroutine's thread-sensitive calls.
 
 That model keeps a thread busy for the whole life of the request, which is
 wrong for async views: an async view that waits minutes on a channel layer
-(long polling, server-sent events) would pin a thread doing nothing. So a
-request whose URL resolves to an async view is served **on the event loop**
-with Django's async machinery instead (``get_response_async`` over an async
-middleware chain), inside a per-request ``ThreadSensitiveContext`` as
-Django's ``ASGIHandler`` does, so its sync parts (sync middleware, signal
-receivers, ``sync_to_async`` ORM calls) share one thread that exists only
-for that request. The route is looked up once on the loop to decide; when
-the URLconf has no async view at all (remembered per URLconf), no lookup is
-made. A guess can only be wrong when middleware swaps ``request.urlconf``,
-and then Django adapts the view either way: the request is still correct,
-just served by the other path.
+(long polling, server-sent events) or on another service would pin a thread
+doing nothing, and 40 such clients would stop all HTTP. So a request whose
+URL resolves to an async view is served **on the event loop** with Django's
+async machinery instead (``get_response_async`` over an async middleware
+chain, driven by anyio task groups and cancel scopes instead of
+``asyncio.wait``). As in Django's ``ASGIHandler``, a
+per-request ``ThreadSensitiveContext`` gives its sync parts (sync middleware,
+signal receivers, ``sync_to_async`` ORM calls) one thread of their own; here
+that thread is lent from a warm pool rather than started and joined per
+request, which was most of Django's per-request cost (asgiref >= 3.13; older
+asgiref starts one per request, as Django does). That path is slower per
+request than the thread path (Django's ``MiddlewareMixin`` hops to a thread
+for each middleware in async mode), which is why it is used only where it
+buys something.
+
+The route is looked up once on the loop to decide; when the URLconf has no
+async view at all (remembered per URLconf), no lookup is made. A guess can
+only be wrong when middleware swaps ``request.urlconf``, and then Django
+adapts the view either way: the request is still correct, just served by the
+other path.
 
 Thread capacity
 ---------------
-Threads of the first path come from a pool of their own, gated by an
+Threads of the thread path come from a pool of their own, gated by an
 ``anyio.CapacityLimiter`` of ``settings.CHANNELS_RUNTIME_HTTP_THREADS``
 tokens (default 40). Waiting for a token happens on the event loop, where it
 can be cancelled. Neither the pool nor the limiter is shared with consumers:
