@@ -567,16 +567,28 @@ class HttpApplication:
     ) -> None:
         exchange = _Exchange(send, anyio.lowlevel.current_token())
         runner = self._thread_runner()
+        limiter = self.capacity_limiter()
         whole: tuple[Message, bytes] | None = None
         failure: Exception | None = None
-        async with self.capacity_limiter(), anyio.create_task_group() as tg:
-            tg.start_soon(_watch_for_disconnect, receive, exchange)
+        async with anyio.create_task_group() as tg:
+            # Listening starts before queueing for a thread: a client that gives up
+            # while every thread is busy takes its request out of the queue, so
+            # under overload no thread is spent on a response nobody will read.
+            queued = anyio.CancelScope()
+            tg.start_soon(_watch_for_disconnect, receive, exchange, queued)
             try:
-                # Shielded: the thread cannot be interrupted, so we wait for it; a
-                # cancellation halts the exchange (see _watch_for_disconnect), which
-                # ends a stream, and is re-raised when the task group exits.
-                with anyio.CancelScope(shield=True):
-                    whole = await runner(scope, body, exchange)
+                with queued:
+                    await limiter.acquire()
+                if not queued.cancelled_caught:
+                    try:
+                        # Shielded: the thread cannot be interrupted, so we wait for
+                        # it; a cancellation halts the exchange (the watcher's
+                        # finally), which ends a stream, and is re-raised when the
+                        # task group exits.
+                        with anyio.CancelScope(shield=True):
+                            whole = await runner(scope, body, exchange)
+                    finally:
+                        limiter.release()
             except Exception as exc:
                 failure = exc
             finally:

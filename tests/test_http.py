@@ -459,6 +459,34 @@ async def test_waiting_for_a_thread_can_be_cancelled(urls: None, probe: tuple[st
         assert start["status"] == 200
 
 
+@pytest.mark.anyio
+async def test_client_leaving_while_queued_for_a_thread_skips_the_request(
+    urls: None, probe: tuple[str, Probe], signal_threads: dict[str, Any]
+) -> None:
+    key, instruments = probe
+    app = HttpApplication(max_threads=1)
+    other_key = uuid.uuid4().hex
+    other = PROBES[other_key] = Probe()
+    try:
+        async with HttpCommunicator(app, "GET", f"/slow/?key={key}") as busy:
+            await busy.send_input({"type": "http.request", "body": b""})
+            await wait_until(lambda: instruments.running == 1)
+            signal_threads.clear()
+            async with HttpCommunicator(app, "GET", f"/hello/?key={other_key}") as queued:
+                await queued.send_input({"type": "http.request", "body": b""})
+                await queued.send_input({"type": "http.disconnect"})
+                with anyio.fail_after(0.5):
+                    await queued.wait(None)  # ends without waiting for the busy thread
+                assert await queued.receive_nothing(0)
+            instruments.gate.set()
+            assert (await busy.receive_output(2))["status"] == 200
+    finally:
+        del PROBES[other_key]
+    assert "view" not in other.threads
+    # Django never saw the abandoned request; only the busy one started and finished.
+    assert "started" not in signal_threads
+
+
 def test_thread_setting(urls: None) -> None:
     assert HttpApplication().max_threads == 40
     with override_settings(CHANNELS_RUNTIME_HTTP_THREADS=3):

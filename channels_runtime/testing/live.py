@@ -45,7 +45,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Any, ClassVar, Self
 
@@ -157,6 +157,7 @@ class LiveServer:
         worker_class: str = "asyncio",
         application: str | None = None,
         serve_static: bool = True,
+        static_wrapper: Callable[[Any], Any] | None = None,
         startup_timeout: float = 30.0,
         shutdown_timeout: float = 10.0,
     ) -> None:
@@ -166,6 +167,7 @@ class LiveServer:
         self.worker_class = worker_class
         self.application = application
         self.serve_static = serve_static
+        self.static_wrapper = static_wrapper
         self.startup_timeout = startup_timeout
         self.shutdown_timeout = shutdown_timeout
         self.port: int | None = None
@@ -218,6 +220,8 @@ class LiveServer:
                 "settings": settings_snapshot(),
                 "application": self.application,
                 "serve_static": self.serve_static,
+                # Pickled by reference: the child imports the same class or function.
+                "static_wrapper": self.static_wrapper,
                 "worker_class": self.worker_class,
             }
         )
@@ -335,12 +339,16 @@ class ChannelsLiveServerTestCase(TransactionTestCase):
         Dotted path of the ASGI application; ``None`` for ``settings.ASGI_APPLICATION``.
     ``serve_static``
         Serve ``STATIC_URL`` when ``django.contrib.staticfiles`` is installed.
+    ``static_wrapper``
+        What wraps the application to serve static files (an importable class or
+        function taking the application); ``None`` for the built-in anyio one.
     """
 
     host: ClassVar[str] = "localhost"
     worker_class: ClassVar[str] = "asyncio"
     application: ClassVar[str | None] = None
     serve_static: ClassVar[bool] = True
+    static_wrapper: ClassVar[Callable[[Any], Any] | None] = None
     startup_timeout: ClassVar[float] = 30.0
 
     _live_server: ClassVar[LiveServer | None] = None
@@ -374,6 +382,7 @@ class ChannelsLiveServerTestCase(TransactionTestCase):
                 worker_class=cls.worker_class,
                 application=cls.application,
                 serve_static=cls.serve_static,
+                static_wrapper=cls.static_wrapper,
                 startup_timeout=cls.startup_timeout,
             )
             server.start()
@@ -438,7 +447,7 @@ def _child() -> None:
     dotted = payload["application"]
     application = import_string(dotted) if dotted else get_default_application()
     if payload["serve_static"] and apps.is_installed("django.contrib.staticfiles"):
-        application = StaticFilesApplication(application)
+        application = (payload["static_wrapper"] or StaticFilesApplication)(application)
 
     ready_fd = bootstrap["ready_fd"]
 
