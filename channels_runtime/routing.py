@@ -28,6 +28,7 @@ from django.urls.resolvers import RegexPattern, RoutePattern, URLPattern, URLRes
 
 from .asgi import ASGIApp, Receive, Scope, Send
 from .compat.backend import ensure_bridge
+from .http import check_http_application
 from .layers.manager import channel_layers
 
 logger = logging.getLogger(__name__)
@@ -110,6 +111,9 @@ class ProtocolTypeRouter:
         scope_type = scope["type"]
         application = self.application_mapping.get(scope_type)
         if application is not None:
+            if scope_type == "http":
+                # Django's ASGIHandler is asyncio-only: on trio, say what to use instead.
+                check_http_application(application)
             await application(scope, receive, send)
         elif scope_type == "lifespan":
             await self._lifespan(receive, send)

@@ -689,3 +689,20 @@ async def test_hypercorn_end_to_end(
     assert any(
         r.name == "hypercorn.error" and "Running on" in r.getMessage() for r in caplog.records
     )
+
+
+async def test_router_refuses_djangos_asgi_handler_on_trio(anyio_backend_name: str) -> None:
+    from django.core.asgi import get_asgi_application as django_asgi_application
+    from django.core.exceptions import ImproperlyConfigured
+
+    from channels_runtime.testing import HttpCommunicator
+
+    router = ProtocolTypeRouter({"http": django_asgi_application()})
+    communicator = HttpCommunicator(router, "GET", "/no-such-page/")
+    with override_settings(ROOT_URLCONF="http_urls"):
+        if anyio_backend_name == "trio":
+            with pytest.raises(ImproperlyConfigured, match="get_asgi_application"):
+                await communicator.get_response()
+        else:
+            # On asyncio Django's own handler keeps working behind the router.
+            assert (await communicator.get_response())["status"] == 404
