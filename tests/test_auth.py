@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from http.cookies import SimpleCookie
 from typing import Any
 
 import pytest
-import trio
-from asgiref.sync import sync_to_async
 from django.contrib.auth import (
     BACKEND_SESSION_KEY,
     HASH_SESSION_KEY,
@@ -21,9 +18,8 @@ from django.contrib.auth import (
 from django.contrib.auth.models import AnonymousUser, User
 from django.contrib.sessions.backends.db import SessionStore
 from django.contrib.sessions.models import Session
-from django.core.management import call_command
-from django.db import connections
 from django.test import override_settings
+from sqlite_file import sqlite_file_database
 
 from channels_runtime.asgi import Message, Scope
 from channels_runtime.auth import (
@@ -45,47 +41,15 @@ MODEL_BACKEND = "django.contrib.auth.backends.ModelBackend"
 # -- database ------------------------------------------------------------------
 
 
-def _close_connections_everywhere() -> None:
-    """Close the DB connections of every long-lived thread that may hold one.
-
-    Those are this thread and the thread-sensitive workers that run Django's
-    async ORM: asgiref's on asyncio, the bridge's on trio. Their connections
-    point at whatever database ``NAME`` named when they opened, so they must
-    be closed whenever ``NAME`` changes.
-    """
-
-    async def close_in_worker() -> None:
-        ensure_bridge()
-        await sync_to_async(connections.close_all)()
-
-    connections.close_all()
-    asyncio.run(close_in_worker())
-    trio.run(close_in_worker)
-
-
 @pytest.fixture(scope="module")
 def database(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """A migrated SQLite file for this module's tests.
-
-    The suite's ``:memory:`` database is private to each connection, and the
-    async ORM runs in a worker thread with its own connection, so the tables
-    must live in a file every thread can open. Every connection shares the
-    one settings dict, so changing ``NAME`` there moves them all.
-    """
-    settings_dict = connections["default"].settings_dict
-    old_name = settings_dict["NAME"]
-    settings_dict["NAME"] = str(tmp_path_factory.mktemp("auth") / "db.sqlite3")
-    _close_connections_everywhere()
-    try:
-        call_command("migrate", verbosity=0, interactive=False)
-        with override_settings(
-            # Hashing speed is not under test; PBKDF2 would dominate the run time.
-            PASSWORD_HASHERS=["django.contrib.auth.hashers.MD5PasswordHasher"],
-        ):
-            yield
-    finally:
-        _close_connections_everywhere()
-        settings_dict["NAME"] = old_name
+    """A migrated SQLite file for this module's tests (see ``sqlite_file``)."""
+    with (
+        sqlite_file_database(tmp_path_factory.mktemp("auth") / "db.sqlite3"),
+        # Hashing speed is not under test; PBKDF2 would dominate the run time.
+        override_settings(PASSWORD_HASHERS=["django.contrib.auth.hashers.MD5PasswordHasher"]),
+    ):
+        yield
 
 
 @pytest.fixture(autouse=True)

@@ -28,11 +28,11 @@ from django.contrib import auth
 from django.contrib.auth.models import AnonymousUser, User
 from django.contrib.sessions.backends.db import SessionStore
 from django.core.exceptions import SynchronousOnlyOperation
-from django.core.management import call_command
-from django.db import DEFAULT_DB_ALIAS, connections
+from django.db import connections
 from django.dispatch import Signal
 from django.http import HttpRequest
 from django.test.utils import override_settings
+from sqlite_file import sqlite_file_database
 
 from channels_runtime.compat import asgiref_trio
 from channels_runtime.compat.backend import ensure_bridge
@@ -49,19 +49,12 @@ pytestmark = pytest.mark.anyio
 @pytest.fixture(scope="module")
 def database(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     asgiref_trio.install()
-    settings_dict = connections[DEFAULT_DB_ALIAS].settings_dict
-    original_name = settings_dict["NAME"]
-    path = tmp_path_factory.mktemp("django-on-trio") / "db.sqlite3"
-    settings_dict["NAME"] = str(path)
-    connections.close_all()
     # A fast hasher: the default PBKDF2 would spend seconds in auth tests.
-    with override_settings(PASSWORD_HASHERS=["django.contrib.auth.hashers.MD5PasswordHasher"]):
-        call_command("migrate", run_syncdb=True, verbosity=0)
-        try:
-            yield path
-        finally:
-            connections.close_all()
-            settings_dict["NAME"] = original_name
+    with (
+        override_settings(PASSWORD_HASHERS=["django.contrib.auth.hashers.MD5PasswordHasher"]),
+        sqlite_file_database(tmp_path_factory.mktemp("django-on-trio") / "db.sqlite3") as path,
+    ):
+        yield path
 
 
 @pytest.fixture(autouse=True)

@@ -13,24 +13,19 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import anyio
 import httpx
 import pytest
-import trio
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
 from django.contrib.auth.models import User
 from django.contrib.sessions.backends.db import SessionStore
 from django.contrib.sessions.models import Session
-from django.core.management import call_command
-from django.db import connections
 from django.test import override_settings
+from sqlite_file import sqlite_file_database
 from test_runserver import running
 from websockets.sync.client import ClientConnection, connect
 from websockets.typing import Origin
 
-from channels_runtime.compat.backend import ensure_bridge
 from channels_runtime.testing import WebsocketCommunicator
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "chat"
@@ -43,16 +38,6 @@ MODEL_BACKEND = "django.contrib.auth.backends.ModelBackend"
 # -- the example's application in this process -------------------------------------
 
 
-def _close_connections_everywhere() -> None:
-    async def close_in_worker() -> None:
-        ensure_bridge()
-        await sync_to_async(connections.close_all)()
-
-    connections.close_all()
-    anyio.run(close_in_worker)
-    trio.run(close_in_worker)
-
-
 @pytest.fixture(scope="module")
 def chat(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """``chat.asgi.application``, with the ``rooms`` app installed and migrated.
@@ -63,24 +48,20 @@ def chat(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """
     saved_settings_module = os.environ.get("DJANGO_SETTINGS_MODULE")
     sys.path.insert(0, str(EXAMPLE))
-    settings_dict = connections["default"].settings_dict
-    old_name = settings_dict["NAME"]
-    settings_dict["NAME"] = str(tmp_path_factory.mktemp("chat") / "db.sqlite3")
-    _close_connections_everywhere()
     try:
-        with override_settings(
-            INSTALLED_APPS=[*settings.INSTALLED_APPS, "rooms"],
-            CHAT_HISTORY_LENGTH=50,
-            CHAT_MAX_MESSAGE_LENGTH=2000,
-            PASSWORD_HASHERS=["django.contrib.auth.hashers.MD5PasswordHasher"],
+        with (
+            override_settings(
+                INSTALLED_APPS=[*settings.INSTALLED_APPS, "rooms"],
+                CHAT_HISTORY_LENGTH=50,
+                CHAT_MAX_MESSAGE_LENGTH=2000,
+                PASSWORD_HASHERS=["django.contrib.auth.hashers.MD5PasswordHasher"],
+            ),
+            sqlite_file_database(tmp_path_factory.mktemp("chat") / "db.sqlite3"),
         ):
-            call_command("migrate", verbosity=0, interactive=False)
             from chat.asgi import application
 
             yield application
     finally:
-        _close_connections_everywhere()
-        settings_dict["NAME"] = old_name
         sys.path.remove(str(EXAMPLE))
         # chat/asgi.py sets it for its own server; do not leak it to later subprocesses.
         if saved_settings_module is None:

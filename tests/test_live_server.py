@@ -19,10 +19,10 @@ import trio
 from asgiref.sync import sync_to_async
 from django.contrib.auth.models import User
 from django.core.exceptions import ImproperlyConfigured
-from django.core.management import call_command
 from django.db import connections
 from django.test import override_settings
 from django.urls import path
+from sqlite_file import sqlite_file_database
 from websockets.sync.client import connect
 
 from channels_runtime.compat.backend import ensure_bridge
@@ -89,16 +89,8 @@ def _close_connections_everywhere() -> None:
 @pytest.fixture(scope="module")
 def database(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
     """A migrated SQLite *file*: the suite's in-memory one is invisible to a server process."""
-    settings_dict = connections["default"].settings_dict
-    old_name = settings_dict["NAME"]
-    settings_dict["NAME"] = str(tmp_path_factory.mktemp("live") / "db.sqlite3")
-    _close_connections_everywhere()
-    try:
-        call_command("migrate", verbosity=0, interactive=False)
+    with sqlite_file_database(tmp_path_factory.mktemp("live") / "db.sqlite3"):
         yield
-    finally:
-        _close_connections_everywhere()
-        settings_dict["NAME"] = old_name
 
 
 def _get_json(url: str) -> Any:

@@ -101,6 +101,18 @@ def websocket_close_message(code: int | bool | None = None, reason: str | None =
     return message
 
 
+def _warn_invalid_json(consumer: Any, error: ValueError) -> None:
+    logger.warning(
+        "%s.%s received a WebSocket text frame that is not valid JSON (%s) on %r; "
+        "closing the connection with code %d",
+        type(consumer).__module__,
+        type(consumer).__qualname__,
+        error,
+        consumer.scope.get("path", ""),
+        CLOSE_CODE_INVALID_PAYLOAD,
+    )
+
+
 async def _resolve(value: Any) -> Any:
     """Await ``value`` if it is awaitable: JSON hooks may be overridden sync or async."""
     if inspect.isawaitable(value):
@@ -289,15 +301,7 @@ class AsyncJsonWebsocketConsumer(AsyncWebsocketConsumer):
         to keep the connection open, or ``raise error`` for Channels' behaviour
         of failing the connection with the exception.
         """
-        logger.warning(
-            "%s.%s received a WebSocket text frame that is not valid JSON (%s) on %r; "
-            "closing the connection with code %d",
-            type(self).__module__,
-            type(self).__qualname__,
-            error,
-            self.scope.get("path", ""),
-            CLOSE_CODE_INVALID_PAYLOAD,
-        )
+        _warn_invalid_json(self, error)
         await self.close(code=CLOSE_CODE_INVALID_PAYLOAD)
 
     async def send_json(self, content: Any, close: bool | int = False) -> None:
@@ -405,15 +409,7 @@ class JsonWebsocketConsumer(WebsocketConsumer):
 
     def receive_invalid_json(self, text_data: str, error: ValueError) -> None:
         """A text frame could not be decoded: log a warning and close with 1007."""
-        logger.warning(
-            "%s.%s received a WebSocket text frame that is not valid JSON (%s) on %r; "
-            "closing the connection with code %d",
-            type(self).__module__,
-            type(self).__qualname__,
-            error,
-            self.scope.get("path", ""),
-            CLOSE_CODE_INVALID_PAYLOAD,
-        )
+        _warn_invalid_json(self, error)
         self.close(code=CLOSE_CODE_INVALID_PAYLOAD)
 
     def send_json(self, content: Any, close: bool | int = False) -> None:
