@@ -1,0 +1,241 @@
+// Load generator for bench/bench_e2e.py: WebSocket clients on Node.js with `ws`.
+//
+//   node loadgen.mjs echo  --url ws://127.0.0.1:PORT/echo --conns 50 --rounds 200
+//   node loadgen.mjs bcast --url ws://127.0.0.1:PORT/bcast --trigger ws://.../trigger
+//                          --clients 500 --repeats 30
+//   node loadgen.mjs idle  --url ws://127.0.0.1:PORT/echo --conns 1000
+//
+// Prints one JSON object on stdout (idle: "ready" first, then waits for a line
+// on stdin). Every wait is bounded by --timeout seconds; on a timeout or a
+// connection error the process exits with status 1 and the reason on stderr.
+// It reports its own CPU time over the measured window, so the runner can show
+// that the load generator was not the bottleneck.
+
+import { performance } from "node:perf_hooks";
+import process from "node:process";
+import readline from "node:readline";
+import WebSocket from "ws";
+
+function parseArgs(argv) {
+  const args = { mode: argv[0] };
+  for (let i = 1; i < argv.length; i += 2) {
+    if (!argv[i].startsWith("--") || i + 1 >= argv.length) throw new Error(`bad argument ${argv[i]}`);
+    args[argv[i].slice(2)] = argv[i + 1];
+  }
+  return args;
+}
+
+const args = parseArgs(process.argv.slice(2));
+const TIMEOUT_MS = Number(args.timeout ?? 120) * 1000;
+const PAYLOAD = args.payload ?? "hello, world: a small text frame";
+
+function fail(reason) {
+  process.stderr.write(`loadgen: ${reason}\n`);
+  process.exit(1);
+}
+
+const deadline = setTimeout(() => fail(`timed out after ${TIMEOUT_MS / 1000} s`), TIMEOUT_MS);
+
+function percentile(sorted, p) {
+  if (sorted.length === 0) return NaN;
+  const i = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1));
+  return sorted[i];
+}
+
+// CPU time of this process (µs) and wall time (ms), to report its CPU use.
+function cpuMark() {
+  const c = process.cpuUsage();
+  return { cpu: c.user + c.system, wall: performance.now() };
+}
+
+function cpuShare(from) {
+  const to = cpuMark();
+  return (to.cpu - from.cpu) / 1000 / (to.wall - from.wall);
+}
+
+// Open `count` connections, at most `batch` handshakes in flight at a time.
+async function openAll(url, count, batch = 50) {
+  const sockets = [];
+  for (let start = 0; start < count; start += batch) {
+    const wave = [];
+    for (let i = start; i < Math.min(count, start + batch); i++) {
+      wave.push(
+        new Promise((resolve, reject) => {
+          const ws = new WebSocket(url, { perMessageDeflate: false });
+          ws.once("open", () => resolve(ws));
+          ws.once("error", (err) => reject(new Error(`connection ${i}: ${err.message}`)));
+          ws.once("unexpected-response", (_req, res) =>
+            reject(new Error(`connection ${i}: HTTP ${res.statusCode}`)),
+          );
+        }),
+      );
+    }
+    sockets.push(...(await Promise.all(wave)));
+  }
+  for (const ws of sockets) {
+    ws.on("error", (err) => fail(`socket error: ${err.message}`));
+    ws.on("close", (code) => {
+      if (!ws.closingOnPurpose) fail(`server closed a connection (code ${code})`);
+    });
+  }
+  return sockets;
+}
+
+async function closeAll(sockets) {
+  await Promise.all(
+    sockets.map(
+      (ws) =>
+        new Promise((resolve) => {
+          ws.closingOnPurpose = true;
+          if (ws.readyState === WebSocket.CLOSED) return resolve();
+          ws.once("close", resolve);
+          ws.close(1000);
+        }),
+    ),
+  );
+}
+
+// Each connection sends a frame, waits for its echo, and repeats `rounds` times;
+// all connections run at once. Returns round trips per second and latencies.
+async function echo() {
+  const conns = Number(args.conns ?? 50);
+  const rounds = Number(args.rounds ?? 200);
+  const warmup = Number(args.warmup ?? 20);
+  const sockets = await openAll(args.url, conns);
+
+  const run = (count, latencies) =>
+    Promise.all(
+      sockets.map(
+        (ws) =>
+          new Promise((resolve) => {
+            let done = 0;
+            let sentAt = 0;
+            const onMessage = (data, isBinary) => {
+              if (isBinary || data.toString() !== PAYLOAD) fail("echo does not match what was sent");
+              if (latencies) latencies.push(performance.now() - sentAt);
+              if (++done === count) {
+                ws.off("message", onMessage);
+                resolve();
+              } else {
+                sentAt = performance.now();
+                ws.send(PAYLOAD);
+              }
+            };
+            ws.on("message", onMessage);
+            sentAt = performance.now();
+            ws.send(PAYLOAD);
+          }),
+      ),
+    );
+
+  if (warmup > 0) await run(warmup, null);
+  const latencies = [];
+  const mark = cpuMark();
+  await run(rounds, latencies);
+  const seconds = (performance.now() - mark.wall) / 1000;
+  const cpu = cpuShare(mark);
+  await closeAll(sockets);
+  latencies.sort((a, b) => a - b);
+  return {
+    roundtrips: conns * rounds,
+    seconds,
+    per_second: (conns * rounds) / seconds,
+    p50_ms: percentile(latencies, 50),
+    p99_ms: percentile(latencies, 99),
+    loadgen_cpu: cpu,
+  };
+}
+
+// `clients` connections join the group; a separate trigger connection sends a
+// numbered frame `repeats` times, one at a time. For each, the time from
+// sending the trigger until each client has the message (client clocks only).
+async function bcast() {
+  const clients = Number(args.clients ?? 500);
+  const repeats = Number(args.repeats ?? 30);
+  const warmup = Number(args.warmup ?? 3);
+  const pause = Number(args.pause ?? 20);
+  const members = await openAll(args.url, clients);
+  const [trigger] = await openAll(args.trigger, 1);
+
+  let current = null; // { id, t0, remaining, latencies, resolve }
+  for (const ws of members) {
+    ws.on("message", (data) => {
+      const now = performance.now();
+      const text = data.toString();
+      if (current === null || text !== current.id) fail(`unexpected broadcast ${text}`);
+      current.latencies.push(now - current.t0);
+      if (--current.remaining === 0) current.resolve(now);
+    });
+  }
+
+  const broadcast = (id) =>
+    new Promise((resolve) => {
+      current = { id, t0: 0, remaining: clients, latencies: [], resolve };
+      current.t0 = performance.now();
+      trigger.send(id);
+    }).then((lastAt) => {
+      const result = { all: lastAt - current.t0, latencies: current.latencies };
+      current = null;
+      return result;
+    });
+  const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+  for (let i = 0; i < warmup; i++) {
+    await broadcast(`warmup ${i}`);
+    await sleep(pause);
+  }
+  const allTimes = [];
+  const firstTimes = [];
+  const medianTimes = [];
+  let cpuBusy = 0;
+  let cpuWall = 0;
+  for (let i = 0; i < repeats; i++) {
+    const mark = cpuMark();
+    const { all, latencies } = await broadcast(`broadcast ${i}`);
+    cpuBusy += (cpuMark().cpu - mark.cpu) / 1000;
+    cpuWall += performance.now() - mark.wall;
+    latencies.sort((a, b) => a - b);
+    allTimes.push(all);
+    firstTimes.push(latencies[0]);
+    medianTimes.push(percentile(latencies, 50));
+    await sleep(pause);
+  }
+  await closeAll([...members, trigger]);
+  allTimes.sort((a, b) => a - b);
+  const med = (xs) => percentile([...xs].sort((a, b) => a - b), 50);
+  return {
+    clients,
+    repeats,
+    all_p50_ms: percentile(allTimes, 50),
+    all_p99_ms: percentile(allTimes, 99),
+    first_p50_ms: med(firstTimes),
+    client_p50_ms: med(medianTimes),
+    loadgen_cpu: cpuBusy / cpuWall,
+  };
+}
+
+// Open `conns` connections, say "ready", keep them open until a line arrives
+// on stdin (or stdin closes), then close them.
+async function idle() {
+  const conns = Number(args.conns ?? 1000);
+  const sockets = await openAll(args.url, conns);
+  process.stdout.write(`ready ${sockets.length}\n`);
+  const lines = readline.createInterface({ input: process.stdin });
+  await new Promise((resolve) => {
+    lines.once("line", resolve);
+    lines.once("close", resolve);
+  });
+  lines.close();
+  await closeAll(sockets);
+  return { conns };
+}
+
+const modes = { echo, bcast, idle };
+if (!(args.mode in modes)) fail(`unknown mode ${args.mode}; use echo, bcast or idle`);
+modes[args.mode]()
+  .then((result) => {
+    clearTimeout(deadline);
+    process.stdout.write(`${JSON.stringify(result)}\n`);
+    process.exit(0);
+  })
+  .catch((err) => fail(err.stack ?? String(err)));

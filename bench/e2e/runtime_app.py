@@ -1,0 +1,71 @@
+"""The benchmark consumers written for channels_runtime.
+
+This module is its own Django settings module (``DJANGO_SETTINGS_MODULE`` is set
+to it on import), so it runs as it is under ``channels-runtime serve`` from this
+folder: ``channels-runtime serve runtime_app -k asyncio --bind 127.0.0.1:PORT``.
+``channels_app`` is the same code written for Django Channels 4.2.
+"""
+
+from __future__ import annotations
+
+import os
+
+SECRET_KEY = "bench"
+DEBUG = False
+INSTALLED_APPS: list[str] = []
+DATABASES: dict[str, dict[str, str]] = {}
+ALLOWED_HOSTS = ["127.0.0.1"]
+USE_TZ = True
+CHANNEL_LAYERS = {"default": {"BACKEND": "channels_runtime.layers.InMemoryChannelLayer"}}
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", __name__)
+
+import django  # noqa: E402
+
+django.setup()
+
+from django.urls import path  # noqa: E402
+
+from channels_runtime.generic.websocket import (  # noqa: E402
+    AsyncWebsocketConsumer,
+    WebsocketConsumer,
+)
+from channels_runtime.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+
+GROUP = "bench"
+
+
+class Echo(AsyncWebsocketConsumer):
+    async def receive(self, text_data=None, bytes_data=None):
+        await self.send(text_data=text_data)
+
+
+class SyncEcho(WebsocketConsumer):
+    def receive(self, text_data=None, bytes_data=None):
+        self.send(text_data=text_data)
+
+
+class Member(AsyncWebsocketConsumer):
+    groups = [GROUP]
+
+    async def bench_message(self, event):
+        await self.send(text_data=event["text"])
+
+
+class Trigger(AsyncWebsocketConsumer):
+    async def receive(self, text_data=None, bytes_data=None):
+        await self.channel_layer.group_send(GROUP, {"type": "bench.message", "text": text_data})
+
+
+application = ProtocolTypeRouter(
+    {
+        "websocket": URLRouter(
+            [
+                path("echo", Echo.as_asgi()),
+                path("sync", SyncEcho.as_asgi()),
+                path("bcast", Member.as_asgi()),
+                path("trigger", Trigger.as_asgi()),
+            ]
+        )
+    }
+)

@@ -1,0 +1,34 @@
+"""The stand-in project's application: what the snippets' tests talk to."""
+
+import os
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "myproject.settings")
+
+from channels_runtime.http import get_asgi_application
+
+django_asgi_app = get_asgi_application()
+
+from django.urls import path, re_path  # noqa: E402
+
+from channels_runtime.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from channels_runtime.security.websocket import AllowedHostsOriginValidator  # noqa: E402
+
+from chat import consumers  # noqa: E402
+
+application = ProtocolTypeRouter(
+    {
+        "http": URLRouter(
+            [
+                path("events/", consumers.EventsConsumer.as_asgi()),
+                path("upload/", consumers.UploadConsumer.as_asgi()),
+                re_path(r"", django_asgi_app),
+            ]
+        ),
+        "websocket": URLRouter(
+            [
+                path("ws/chat/", AllowedHostsOriginValidator(consumers.EchoConsumer.as_asgi())),
+                path("ws/chat/<str:room_name>/", consumers.EchoConsumer.as_asgi()),
+            ]
+        ),
+    }
+)

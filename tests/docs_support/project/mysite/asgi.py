@@ -1,0 +1,1 @@
+from myproject.asgi import application  # noqa: F401

@@ -1,0 +1,1 @@
+from myproject.settings import *  # noqa: F403
