@@ -5,8 +5,9 @@
 //                          --clients 500 --repeats 30
 //   node loadgen.mjs idle  --url ws://127.0.0.1:PORT/echo --conns 1000
 //
-// Prints one JSON object on stdout (idle: "ready" first, then waits for a line
-// on stdin). Every wait is bounded by --timeout seconds; on a timeout or a
+// Prints one JSON object as its last line on stdout. Before it, "mark begin" and
+// "mark end" bracket the measured window (so the runner can read the server's
+// CPU time there); idle prints "ready N" instead and waits for a line on stdin. Every wait is bounded by --timeout seconds; on a timeout or a
 // connection error the process exits with status 1 and the reason on stderr.
 // It reports its own CPU time over the measured window, so the runner can show
 // that the load generator was not the bottleneck.
@@ -130,10 +131,12 @@ async function echo() {
 
   if (warmup > 0) await run(warmup, null);
   const latencies = [];
+  process.stdout.write("mark begin\n");
   const mark = cpuMark();
   await run(rounds, latencies);
   const seconds = (performance.now() - mark.wall) / 1000;
   const cpu = cpuShare(mark);
+  process.stdout.write("mark end\n");
   await closeAll(sockets);
   latencies.sort((a, b) => a - b);
   return {
@@ -189,6 +192,7 @@ async function bcast() {
   const medianTimes = [];
   let cpuBusy = 0;
   let cpuWall = 0;
+  process.stdout.write("mark begin\n");
   for (let i = 0; i < repeats; i++) {
     const mark = cpuMark();
     const { all, latencies } = await broadcast(`broadcast ${i}`);
@@ -200,6 +204,7 @@ async function bcast() {
     medianTimes.push(percentile(latencies, 50));
     await sleep(pause);
   }
+  process.stdout.write("mark end\n");
   await closeAll([...members, trigger]);
   allTimes.sort((a, b) => a - b);
   const med = (xs) => percentile([...xs].sort((a, b) => a - b), 50);

@@ -11,11 +11,21 @@ Paths:
   (the simplest possible fan-out).
 
 Anything else is refused. Lifespan is answered so Hypercorn logs no error.
+
+The module imports nothing from Django. It only carries the few settings that
+``channels-runtime serve`` insists on (it sets Django up before serving), so the
+same app also measures what that server adds on top of Hypercorn.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
+
+SECRET_KEY = "bench"
+INSTALLED_APPS: list[str] = []
+CHANNEL_LAYERS: dict[str, Any] = {}  # no layer: the raw app needs none
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", __name__)
 
 Message = dict[str, Any]
 

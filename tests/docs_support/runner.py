@@ -12,7 +12,11 @@ with the page's steps as JSON on stdin. Each step is ``[kind, page, line, code, 
 ``file``
     The contents of the project file ``arg`` (``rooms/consumers.py``): executed as
     that module and installed in ``sys.modules``, so later blocks import it. With
-    ``arg`` ending in `` (excerpt)``, executed inside the existing module instead.
+    ``arg`` ending in `` (excerpt)``, executed in a copy of the existing module's
+    namespace instead, and its names copied to the page's namespace.
+    Test modules (``test_*.py``) are written to a directory that pytest runs
+    after the last step instead, with the stand-ins for pytest-django in
+    ``pytest_django_standin.py``; ``conftest.py`` is also written there.
 ``settings``
     A settings fragment: executed in the page's settings namespace (which starts
     with ``BASE_DIR`` and ``SECRET_KEY``), then every value is applied with
@@ -26,10 +30,12 @@ SQLite file in a temporary directory, migrated before the first step.
 from __future__ import annotations
 
 import ast
+import atexit
 import importlib
 import inspect
 import json
 import os
+import shutil
 import sys
 import tempfile
 import types
@@ -40,17 +46,19 @@ project, settings_module, backend = sys.argv[1:4]
 steps = json.load(sys.stdin)
 
 base_dir = Path(tempfile.mkdtemp(prefix="docs-"))
+atexit.register(shutil.rmtree, base_dir, ignore_errors=True)
 sys.path.insert(0, project)
 os.environ["DJANGO_SETTINGS_MODULE"] = settings_module
 os.environ["DOCS_BASE_DIR"] = str(base_dir)
 os.environ["CHAT_DATABASE"] = str(base_dir / "db.sqlite3")
+os.environ["PYTHONPATH"] = project  # for servers the snippets start
 
 import anyio  # noqa: E402
 import django  # noqa: E402
 
 django.setup()
 
-from django.apps import AppConfig  # noqa: E402
+from django.apps import AppConfig, apps  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.core.management import call_command  # noqa: E402
 from django.db.utils import ConnectionHandler  # noqa: E402
@@ -107,10 +115,28 @@ def run_code(page: str, line: int, code: str) -> None:
 
 
 def run_file(page: str, line: int, code: str, path: str) -> None:
+    if Path(path).name.startswith("test_"):
+        test_file = base_dir / "tests" / path  # pytest runs these after the last step
+        test_file.parent.mkdir(parents=True, exist_ok=True)
+        test_file.write_text("\n" * (line - 1) + code)
+        return
+    if Path(path).name == "conftest.py":  # for those tests; a page may show it in parts
+        conftest = base_dir / "tests" / path
+        conftest.parent.mkdir(parents=True, exist_ok=True)
+        with conftest.open("a") as file:
+            file.write(code + "\n")
     path, excerpt, _ = path.partition(" (excerpt)")
     name = path.removesuffix(".py").replace("/", ".").removesuffix(".__init__")
     if excerpt:
-        module = importlib.import_module(name)
+        # Run in a copy of the module: the project keeps its own definitions (and
+        # models); the page's namespace gets the excerpt's, for later blocks.
+        scope = dict(vars(importlib.import_module(name)))
+        models = {label: dict(found) for label, found in apps.all_models.items()}
+        exec(compiled(page, line, code), scope)
+        apps.all_models.update(models)
+        apps.clear_cache()
+        namespace.update({k: v for k, v in scope.items() if not k.startswith("__")})
+        return
     else:
         module = types.ModuleType(name)
         module.__file__ = str(Path(project) / path)
@@ -126,11 +152,12 @@ def run_file(page: str, line: int, code: str, path: str) -> None:
 def run_settings(page: str, line: int, code: str) -> None:
     exec(compiled(page, line, code), settings_namespace)
     values = {name: value for name, value in settings_namespace.items() if name.isupper()}
+    # Fragments list only some apps ("# ..."): load each, not the set as the registry.
+    for entry in values.pop("INSTALLED_APPS", []):
+        AppConfig.create(entry)
     with override_settings(**values):
         for name in values:
             assert getattr(settings, name) == values[name], name
-        for entry in values.get("INSTALLED_APPS", []):
-            AppConfig.create(entry)
         for alias, config in values.get("CHANNEL_LAYERS", {}).items():
             channel_layers.make_backend(alias)
             if "TEST_CONFIG" in config:
@@ -151,4 +178,10 @@ for kind, page, line, code, arg in steps:
         run_file(page, line, code, arg)
     else:
         run_settings(page, line, code)
+if any((base_dir / "tests").glob("**/test_*.py")):
+    import pytest
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    arguments = ["-q", "-p", "no:cacheprovider", "-p", "pytest_django_standin"]
+    assert pytest.main([*arguments, str(base_dir / "tests")]) == 0, "the page's tests failed"
 print(f"{len(steps)} steps ran on {backend}")

@@ -1,5 +1,6 @@
 """Consumers the documentation's routing and test snippets refer to."""
 
+from channels_runtime.consumer import AsyncConsumer
 from channels_runtime.generic.http import AsyncHttpConsumer
 from channels_runtime.generic.websocket import AsyncJsonWebsocketConsumer, AsyncWebsocketConsumer
 
@@ -35,3 +36,10 @@ class EventsConsumer(AsyncHttpConsumer):
 class UploadConsumer(AsyncHttpConsumer):
     async def handle(self, body):
         await self.send_response(200, str(len(body)).encode())
+
+
+class ThumbnailConsumer(AsyncConsumer):
+    async def thumbnail_make(self, message):
+        await self.channel_layer.group_send(
+            message["reply_group"], {"type": "thumbnail.ready", "path": message["path"]}
+        )

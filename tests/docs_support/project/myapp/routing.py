@@ -1,5 +1,4 @@
+from chat import consumers
 from django.urls import path
-
-from . import consumers
 
 websocket_urlpatterns = [path("ws/chat/<str:room_name>/", consumers.ChatConsumer.as_asgi())]

@@ -1,0 +1,263 @@
+"""Processes for the end-to-end benchmark: servers on CPU 0, the load generator on CPU 1.
+
+Every server is a subprocess started from this folder (so the app modules import
+as top-level modules), pinned with ``taskset -c 0``; every load generator run is
+a Node.js subprocess pinned with ``taskset -c 1``. Both are always killed on the
+way out, and every wait is bounded.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+BIN = Path(sys.executable).parent
+HOST = "127.0.0.1"
+SERVER_CPU = "0"
+LOADGEN_CPU = "1"
+STARTUP_TIMEOUT = 30.0
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One server setup: which program serves which app module on which loop."""
+
+    key: str
+    label: str
+    server: str  # "hypercorn", "serve" (channels-runtime serve) or "daphne"
+    module: str  # raw_app, runtime_app or channels_app
+    worker_class: str = "asyncio"
+
+    def command(self, port: int) -> list[str]:
+        if self.server == "hypercorn":
+            return [
+                str(BIN / "hypercorn"),
+                "--workers",
+                "0",  # serve in this process, no supervisor parent
+                "--worker-class",
+                self.worker_class,
+                "--bind",
+                f"{HOST}:{port}",
+                f"{self.module}:application",
+            ]
+        if self.server == "serve":
+            return [
+                str(BIN / "channels-runtime"),
+                "serve",
+                f"{self.module}:application",
+                "--worker-class",
+                self.worker_class,
+                "--bind",
+                f"{HOST}:{port}",
+                "--log-level",
+                "warning",
+            ]
+        if self.server == "daphne":
+            return [
+                str(BIN / "daphne"),
+                "-b",
+                HOST,
+                "-p",
+                str(port),
+                "-v",
+                "0",
+                f"{self.module}:application",
+            ]
+        raise ValueError(f"unknown server {self.server!r}")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex((HOST, port)) == 0
+
+
+class Server:
+    """A running server subprocess and what can be read about it."""
+
+    def __init__(self, variant: Variant, proc: subprocess.Popen[bytes], port: int) -> None:
+        self.variant = variant
+        self.proc = proc
+        self.port = port
+        self.ps = psutil.Process(proc.pid)
+
+    def url(self, path: str) -> str:
+        return f"ws://{HOST}:{self.port}/{path}"
+
+    def cpu_seconds(self) -> float:
+        times = self.ps.cpu_times()
+        return float(times.user + times.system)
+
+    def rss(self) -> int:
+        return int(self.ps.memory_info().rss)
+
+
+@contextlib.contextmanager
+def running(variant: Variant, log: Path) -> Iterator[Server]:
+    """Start ``variant`` on a free port (CPU 0), wait until it accepts, stop it on exit."""
+    port = free_port()
+    env = dict(os.environ)
+    env.pop("DJANGO_SETTINGS_MODULE", None)  # each app module is its own settings
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), str(REPO), env.get("PYTHONPATH")]))
+    env["PYTHONUNBUFFERED"] = "1"
+    with open(log, "ab") as out:
+        out.write(f"\n=== {variant.key} on port {port}\n".encode())
+        out.flush()
+        proc = subprocess.Popen(
+            ["taskset", "-c", SERVER_CPU, *variant.command(port)],
+            cwd=HERE,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while not _port_open(port):
+            if proc.poll() is not None:
+                raise RuntimeError(f"{variant.key} exited with {proc.returncode}; see {log}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{variant.key} did not listen within {STARTUP_TIMEOUT}s")
+            time.sleep(0.05)
+        yield Server(variant, proc, port)
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+
+
+def ensure_node_deps() -> None:
+    """``npm install`` the load generator's one dependency (ws) into this folder if missing."""
+    if shutil.which("node") is None:
+        raise SystemExit("bench_e2e needs Node.js (node) for the load generator")
+    if (HERE / "node_modules" / "ws" / "package.json").exists():
+        return
+    print("installing the load generator's dependency (npm install ws)...", file=sys.stderr)
+    subprocess.run(
+        ["npm", "install", "--no-audit", "--no-fund"], cwd=HERE, check=True, timeout=300
+    )
+
+
+def loadgen(
+    mode: str, options: dict[str, Any], server: Server | None = None, timeout: float = 120.0
+) -> dict[str, Any]:
+    """Run the Node.js load generator on CPU 1 and return its JSON result.
+
+    With ``server``, the result also gets ``server_cpu_s``: the server's CPU time
+    between the load generator's "mark begin" and "mark end" lines.
+    """
+    import json
+
+    command = ["taskset", "-c", LOADGEN_CPU, "node", str(HERE / "loadgen.mjs"), mode]
+    for name, value in options.items():
+        command += [f"--{name}", str(value)]
+    command += ["--timeout", str(timeout)]
+    proc = subprocess.Popen(
+        command, cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    watchdog = threading.Timer(timeout + 15, proc.kill)
+    watchdog.start()
+    try:
+        assert proc.stdout is not None
+        cpu_begin = cpu_end = None
+        last = ""
+        for line in proc.stdout:
+            line = line.strip()
+            if line == "mark begin" and server is not None:
+                cpu_begin = server.cpu_seconds()
+            elif line == "mark end" and server is not None:
+                cpu_end = server.cpu_seconds()
+            elif line:
+                last = line
+        proc.wait(timeout=15)
+        if proc.returncode != 0:
+            assert proc.stderr is not None
+            raise RuntimeError(f"load generator ({mode}) failed: {proc.stderr.read().strip()}")
+        result: dict[str, Any] = json.loads(last)
+        if cpu_begin is not None and cpu_end is not None:
+            result["server_cpu_s"] = cpu_end - cpu_begin
+        return result
+    finally:
+        watchdog.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def idle_clients(url: str, conns: int, timeout: float = 120.0) -> Iterator[int]:
+    """Hold ``conns`` open WebSocket connections to ``url`` (from CPU 1) while inside."""
+    command = ["taskset", "-c", LOADGEN_CPU, "node", str(HERE / "loadgen.mjs"), "idle"]
+    command += ["--url", url, "--conns", str(conns), "--timeout", str(timeout)]
+    proc = subprocess.Popen(
+        command,
+        cwd=HERE,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    watchdog = threading.Timer(timeout + 15, proc.kill)
+    watchdog.start()
+    try:
+        assert proc.stdout is not None and proc.stdin is not None
+        line = proc.stdout.readline().split()
+        if not line or line[0] != "ready":
+            assert proc.stderr is not None
+            proc.kill()
+            raise RuntimeError(f"idle clients failed: {proc.stderr.read().strip()}")
+        yield int(line[1])
+        proc.stdin.write("close\n")
+        proc.stdin.flush()
+        proc.wait(timeout=30)
+    finally:
+        watchdog.cancel()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def machine() -> str:
+    """One line describing the machine and the software versions."""
+    model = platform.processor() or "unknown CPU"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    memory = psutil.virtual_memory().total / 2**30
+    node = subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip()
+    versions = ", ".join(
+        f"{name} {metadata.version(name)}"
+        for name in ("Django", "anyio", "Hypercorn", "trio", "uvloop", "channels", "daphne")
+    )
+    return (
+        f"{os.cpu_count()} CPUs ({model}), {memory:.0f} GiB, Linux {platform.release()}, "
+        f"CPython {platform.python_version()}, {versions}, Node.js {node} with ws"
+    )
