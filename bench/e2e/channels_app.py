@@ -19,6 +19,10 @@ USE_TZ = True
 CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", __name__)
+if os.environ.get("BENCH_GC_STATS"):
+    import gcstats  # noqa: F401  (diagnostics only)
+if os.environ.get("BENCH_TRACEMALLOC"):
+    import memtrace  # noqa: F401  (diagnostics only)
 
 import django  # noqa: E402
 

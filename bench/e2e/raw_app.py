@@ -8,7 +8,13 @@ Paths:
 * ``/bcast``: accept and join the broadcast set; gets every broadcast.
 * ``/trigger``: each text frame it receives is sent to every ``/bcast``
   connection, one ``await send()`` after another, from this connection's task
-  (the simplest possible fan-out).
+  (the simplest possible fan-out: the ceiling).
+* ``/bcast-tasks`` and ``/trigger-tasks``: the same fan-out shaped like a
+  consumer, still without a framework. Each member runs an anyio task group
+  with a task watching its client for the disconnect, and waits on its own
+  anyio memory stream; the trigger puts the frame into every member's stream,
+  and each member's task sends it. This is the floor for any design that
+  handles a group message in the receiving connection's own task.
 
 Anything else is refused. Lifespan is answered so Hypercorn logs no error.
 
@@ -22,10 +28,16 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import anyio
+
 SECRET_KEY = "bench"
 INSTALLED_APPS: list[str] = []
 CHANNEL_LAYERS: dict[str, Any] = {}  # no layer: the raw app needs none
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", __name__)
+if os.environ.get("BENCH_GC_STATS"):
+    import gcstats  # noqa: F401  (diagnostics only)
+if os.environ.get("BENCH_TRACEMALLOC"):
+    import memtrace  # noqa: F401  (diagnostics only)
 
 Message = dict[str, Any]
 
@@ -83,7 +95,53 @@ async def trigger(receive: Any, send: Any) -> None:
             return
 
 
-ROUTES = {"/echo": echo, "/bcast": member, "/trigger": trigger}
+# The sending side of the memory stream of every open /bcast-tasks connection.
+task_members: set[Any] = set()
+
+
+async def member_task(receive: Any, send: Any) -> None:
+    message = await receive()
+    if message["type"] != "websocket.connect":
+        return
+    inbox_send, inbox = anyio.create_memory_object_stream[Message](100)
+    task_members.add(inbox_send)
+    try:
+        await send({"type": "websocket.accept"})
+        async with anyio.create_task_group() as tg:
+
+            async def watch() -> None:
+                while (await receive())["type"] != "websocket.disconnect":
+                    pass
+                tg.cancel_scope.cancel()
+
+            tg.start_soon(watch)
+            async for out in inbox:
+                await send(out)
+    finally:
+        task_members.discard(inbox_send)
+
+
+async def trigger_tasks(receive: Any, send: Any) -> None:
+    while True:
+        message = await receive()
+        kind = message["type"]
+        if kind == "websocket.receive":
+            out = {"type": "websocket.send", "text": message.get("text")}
+            for inbox_send in list(task_members):
+                inbox_send.send_nowait(out)
+        elif kind == "websocket.connect":
+            await send({"type": "websocket.accept"})
+        else:
+            return
+
+
+ROUTES = {
+    "/echo": echo,
+    "/bcast": member,
+    "/trigger": trigger,
+    "/bcast-tasks": member_task,
+    "/trigger-tasks": trigger_tasks,
+}
 
 
 async def application(scope: dict[str, Any], receive: Any, send: Any) -> None:

@@ -10,6 +10,7 @@
   if (!chat) return;
 
   const statusEl = document.getElementById("status");
+  const countdownEl = document.getElementById("retry-countdown");
   const list = document.getElementById("messages");
   const form = document.getElementById("composer");
   const input = document.getElementById("message-input");
@@ -31,9 +32,14 @@
   let countdownTimer = null;
   const seen = new Set();
 
+  // The status is a live region: change it once per state, not every second.
+  // The countdown beside it is visual only (aria-hidden).
   function setStatus(state, text) {
-    statusEl.dataset.state = state;
-    statusEl.textContent = text;
+    if (statusEl.dataset.state !== state || statusEl.textContent !== text) {
+      statusEl.dataset.state = state;
+      statusEl.textContent = text;
+    }
+    countdownEl.textContent = "";
     sendButton.disabled = state !== "open";
   }
 
@@ -124,8 +130,9 @@
     const due = Date.now() + delay;
     const tick = function () {
       const seconds = Math.max(0, Math.ceil((due - Date.now()) / 1000));
-      setStatus("closed", "Disconnected. Reconnecting in " + seconds + " s…");
+      countdownEl.textContent = " Reconnecting in " + seconds + " s…";
     };
+    setStatus("closed", "Disconnected.");
     tick();
     countdownTimer = setInterval(tick, 1000);
     retryTimer = setTimeout(connect, delay);
