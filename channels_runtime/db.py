@@ -80,6 +80,7 @@ def connections_kept_open() -> bool:
 
 _open_lock = threading.Lock()
 # id(wrapper) -> weak reference to every DatabaseWrapper that connected.
+# Never rebound: the consumers test its truth value directly on their hot path.
 _open_wrappers: dict[int, weakref.ReferenceType[Any]] = {}
 
 
@@ -99,12 +100,20 @@ connection_created.connect(_track_connection, dispatch_uid="channels_runtime.db.
 
 def _would_act(wrapper: Any, now: float) -> bool:
     """Whether ``close_if_unusable_or_obsolete`` would change ``wrapper`` (see Django)."""
-    if wrapper.health_check_done or wrapper.errors_occurred:
+    if wrapper.errors_occurred:
+        return True
+    # The pass resets health_check_done, which only matters with CONN_HEALTH_CHECKS.
+    if wrapper.health_check_done and wrapper.health_check_enabled:
         return True
     if wrapper.autocommit != wrapper.settings_dict["AUTOCOMMIT"]:
         return True
     close_at = wrapper.close_at
-    return close_at is not None and now >= close_at
+    if close_at is None or now < close_at:
+        return False
+    # Django ignores close() on an in-memory SQLite database (it would destroy
+    # the data), so an "expired" one is never actually closed: no pass needed.
+    in_memory = getattr(wrapper, "is_in_memory_db", None)
+    return not (in_memory is not None and in_memory())
 
 
 def connections_need_closing() -> bool:
@@ -171,11 +180,15 @@ class DatabaseSyncToAsync(SyncToAsync):
     """
 
     def thread_handler(self, loop: Any, *args: Any, **kwargs: Any) -> Any:
-        close_old_connections()
+        # Without a single connection ever opened (none tracked) there is nothing
+        # to close, and Django's pass over every alias can be skipped.
+        if _open_wrappers:
+            close_old_connections()
         try:
             return super().thread_handler(loop, *args, **kwargs)
         finally:
-            close_old_connections()
+            if _open_wrappers:
+                close_old_connections()
 
 
 #: Channels' spelling, used as a decorator: ``@database_sync_to_async``.

@@ -314,3 +314,15 @@ def test_keep_connections_open_is_thread_safe() -> None:
     for thread in threads:
         thread.join()
     assert db._keep_depth == start
+
+
+async def test_in_memory_sqlite_needs_no_close_pass() -> None:
+    """Django never closes an in-memory SQLite connection, so no pass (and no hop) is due."""
+
+    def touch_default() -> None:
+        with connections["default"].cursor() as cursor:
+            cursor.execute("SELECT 1")
+
+    await sync_to_async(touch_default)()
+    assert connections["default"].settings_dict["NAME"] == ":memory:"
+    assert not connections_need_closing()

@@ -28,13 +28,12 @@ import django  # noqa: E402
 
 django.setup()
 
-from django.urls import path  # noqa: E402
-
 from channels.generic.websocket import (  # noqa: E402
     AsyncWebsocketConsumer,
     WebsocketConsumer,
 )
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from django.urls import path  # noqa: E402
 
 GROUP = "bench"
 

@@ -34,9 +34,7 @@ def _report() -> None:
         now = (tuple(counts), tuple(round(p, 4) for p in pauses))
         if now != last:
             last = now
-            text = ", ".join(
-                f"gen{g}: {counts[g]} x, {pauses[g] * 1e3:.1f} ms" for g in range(3)
-            )
+            text = ", ".join(f"gen{g}: {counts[g]} x, {pauses[g] * 1e3:.1f} ms" for g in range(3))
             print(f"[gcstats {os.getpid()}] {text}", file=sys.stderr, flush=True)
 
 

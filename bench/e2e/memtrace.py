@@ -30,8 +30,8 @@ def _on_signal(signum: int, frame: Any) -> None:
     for stat in stats[:70]:
         frame = stat.traceback[0]
         where = frame.filename.split("site-packages/")[-1].split("/work/main/")[-1]
-        print(f"[memtrace] {stat.size_diff:>12,} B {stat.count_diff:>8,} blocks  {where}:{frame.lineno}",
-              file=sys.stderr)
+        line = f"{stat.size_diff:>12,} B {stat.count_diff:>8,} blocks  {where}:{frame.lineno}"
+        print(f"[memtrace] {line}", file=sys.stderr)
     sys.stderr.flush()
 
 

@@ -29,8 +29,8 @@ import anyio
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 # runtime_app first: it makes itself the settings module (raw_app would too).
-import runtime_app  # noqa: E402, I001  (sets Django up with the in-memory layer)
-import raw_app  # noqa: E402
+import runtime_app  # noqa: I001  (sets Django up with the in-memory layer)
+import raw_app
 
 TEXT = "hello, world: a small text frame"
 
@@ -164,9 +164,10 @@ def main() -> None:
     if args.profile:
         from pyinstrument import Profiler
 
-        app, path = CASES[
-            "Echo (AsyncWebsocketConsumer)" if args.profile == "async" else "SyncEcho (WebsocketConsumer)"
-        ]
+        name = "Echo (AsyncWebsocketConsumer)"
+        if args.profile == "sync":
+            name = "SyncEcho (WebsocketConsumer)"
+        app, path = CASES[name]
         profiler = Profiler(interval=0.0002, async_mode="disabled")
         profiler.start()
         anyio.run(round_trips, app, path, args.n, backend=args.backend)
@@ -187,11 +188,14 @@ def main() -> None:
             for name in fan if rnd % 2 == 0 else reversed(fan):
                 app, member, trigger = fan[name]
                 timings[name].append(
-                    anyio.run(broadcasts, app, member, trigger, args.broadcast, 10,
-                              backend=args.backend)
+                    anyio.run(
+                        broadcasts, app, member, trigger, args.broadcast, 10, backend=args.backend
+                    )
                 )
-        print(f"{args.backend}, {args.broadcast} members, {args.rounds} rounds of 10 broadcasts; "
-              "µs per member from the trigger until all have sent, median (min-max)\n")
+        print(
+            f"{args.backend}, {args.broadcast} members, {args.rounds} rounds of 10 broadcasts; "
+            "µs per member from the trigger until all have sent, median (min-max)\n"
+        )
         print("| case | µs per member |")
         print("| --- | --- |")
         for name, values in timings.items():
@@ -211,8 +215,10 @@ def main() -> None:
     raw = statistics.median(results.get("raw ASGI echo", [0.0]))
     for name, values in results.items():
         med = statistics.median(values)
-        print(f"| {name} | {med:.2f} ({min(values):.2f}\N{EN DASH}{max(values):.2f}) "
-              f"| {med - raw:+.2f} |")
+        print(
+            f"| {name} | {med:.2f} ({min(values):.2f}\N{EN DASH}{max(values):.2f}) "
+            f"| {med - raw:+.2f} |"
+        )
 
 
 if __name__ == "__main__":

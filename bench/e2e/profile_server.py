@@ -27,8 +27,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench_e2e import BY_KEY  # noqa: E402
-from runner import BIN, idle_clients, loadgen, running  # noqa: E402
+from bench_e2e import BY_KEY
+from runner import BIN, idle_clients, loadgen, running
 
 LOADS = {
     "echo": lambda s, n: loadgen("echo", {"url": s.url("echo"), "conns": 50, "rounds": n}),
@@ -100,9 +100,19 @@ def main() -> None:
             if args.load != "idle":
                 LOADS[args.load](server, 20)  # warm up
             spy = subprocess.Popen(
-                [str(BIN / "py-spy"), "record", "--pid", str(server.proc.pid), "--rate",
-                 str(args.rate), "--format", "raw", "--threads", "--output", str(raw),
-                 ],
+                [
+                    str(BIN / "py-spy"),
+                    "record",
+                    "--pid",
+                    str(server.proc.pid),
+                    "--rate",
+                    str(args.rate),
+                    "--format",
+                    "raw",
+                    "--threads",
+                    "--output",
+                    str(raw),
+                ],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )

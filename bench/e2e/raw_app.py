@@ -11,10 +11,11 @@ Paths:
   (the simplest possible fan-out: the ceiling).
 * ``/bcast-tasks`` and ``/trigger-tasks``: the same fan-out shaped like a
   consumer, still without a framework. Each member runs an anyio task group
-  with a task watching its client for the disconnect, and waits on its own
-  anyio memory stream; the trigger puts the frame into every member's stream,
-  and each member's task sends it. This is the floor for any design that
-  handles a group message in the receiving connection's own task.
+  with a task watching its client for the disconnect, and waits on an
+  ``anyio.Event`` of its own; the trigger stores the frame in every member's
+  mailbox and sets its event, and each member's task sends it. This is about
+  the floor for any design that handles a group message in the receiving
+  connection's own task.
 
 Anything else is refused. Lifespan is answered so Hypercorn logs no error.
 
@@ -95,16 +96,30 @@ async def trigger(receive: Any, send: Any) -> None:
             return
 
 
-# The sending side of the memory stream of every open /bcast-tasks connection.
-task_members: set[Any] = set()
+class Mailbox:
+    """One /bcast-tasks member: the frames for it, and an event to wake it."""
+
+    __slots__ = ("event", "frames")
+
+    def __init__(self) -> None:
+        self.frames: list[Message] = []
+        self.event = anyio.Event()
+
+    def put(self, frame: Message) -> None:
+        self.frames.append(frame)
+        self.event.set()
+
+
+# The mailbox of every open /bcast-tasks connection.
+mailboxes: set[Mailbox] = set()
 
 
 async def member_task(receive: Any, send: Any) -> None:
     message = await receive()
     if message["type"] != "websocket.connect":
         return
-    inbox_send, inbox = anyio.create_memory_object_stream[Message](100)
-    task_members.add(inbox_send)
+    mailbox = Mailbox()
+    mailboxes.add(mailbox)
     try:
         await send({"type": "websocket.accept"})
         async with anyio.create_task_group() as tg:
@@ -115,10 +130,14 @@ async def member_task(receive: Any, send: Any) -> None:
                 tg.cancel_scope.cancel()
 
             tg.start_soon(watch)
-            async for out in inbox:
-                await send(out)
+            while True:
+                await mailbox.event.wait()
+                mailbox.event = anyio.Event()
+                frames, mailbox.frames = mailbox.frames, []
+                for frame in frames:
+                    await send(frame)
     finally:
-        task_members.discard(inbox_send)
+        mailboxes.discard(mailbox)
 
 
 async def trigger_tasks(receive: Any, send: Any) -> None:
@@ -127,8 +146,8 @@ async def trigger_tasks(receive: Any, send: Any) -> None:
         kind = message["type"]
         if kind == "websocket.receive":
             out = {"type": "websocket.send", "text": message.get("text")}
-            for inbox_send in list(task_members):
-                inbox_send.send_nowait(out)
+            for mailbox in list(mailboxes):
+                mailbox.put(out)
         elif kind == "websocket.connect":
             await send({"type": "websocket.accept"})
         else:

@@ -159,9 +159,7 @@ def ensure_node_deps() -> None:
     if (HERE / "node_modules" / "ws" / "package.json").exists():
         return
     print("installing the load generator's dependency (npm install ws)...", file=sys.stderr)
-    subprocess.run(
-        ["npm", "install", "--no-audit", "--no-fund"], cwd=HERE, check=True, timeout=300
-    )
+    subprocess.run(["npm", "install", "--no-audit", "--no-fund"], cwd=HERE, check=True, timeout=300)
 
 
 def loadgen(
@@ -226,7 +224,8 @@ def idle_clients(url: str, conns: int, timeout: float = 120.0) -> Iterator[int]:
     watchdog = threading.Timer(timeout + 15, proc.kill)
     watchdog.start()
     try:
-        assert proc.stdout is not None and proc.stdin is not None
+        assert proc.stdout is not None
+        assert proc.stdin is not None
         line = proc.stdout.readline().split()
         if not line or line[0] != "ready":
             assert proc.stderr is not None

@@ -233,7 +233,11 @@ class AsyncWebsocketConsumer(GroupMembership, AsyncConsumer):
 
     async def websocket_receive(self, message: Message) -> None:
         """Unpack a frame and pass its text or bytes (only the one present) to :meth:`receive`."""
-        await self.receive(**websocket_frame_data(message))
+        text = message.get("text")
+        if text is not None:  # the common case, without building a kwargs dict
+            await self.receive(text_data=text)
+        else:
+            await self.receive(**websocket_frame_data(message))
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         """Handle one frame; exactly one argument is given. The default ignores it."""
@@ -245,7 +249,11 @@ class AsyncWebsocketConsumer(GroupMembership, AsyncConsumer):
         close: bool | int = False,
     ) -> None:
         """Send one text or binary frame; ``close`` (True or a close code) closes afterwards."""
-        await super().send(websocket_send_message(text_data, bytes_data))
+        if bytes_data is None and type(text_data) is str:  # the common case, already checked
+            message: Message = {"type": "websocket.send", "text": text_data}
+        else:
+            message = websocket_send_message(text_data, bytes_data)
+        await super().send(message)
         if close:
             await self.close(close)
 
@@ -353,7 +361,11 @@ class WebsocketConsumer(GroupMembership, SyncConsumer):
 
     def websocket_receive(self, message: Message) -> None:
         """Unpack a frame and pass its text or bytes (only the one present) to :meth:`receive`."""
-        self.receive(**websocket_frame_data(message))
+        text = message.get("text")
+        if text is not None:  # the common case, without building a kwargs dict
+            self.receive(text_data=text)
+        else:
+            self.receive(**websocket_frame_data(message))
 
     def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         """Handle one frame; exactly one argument is given. The default ignores it."""
@@ -365,7 +377,11 @@ class WebsocketConsumer(GroupMembership, SyncConsumer):
         close: bool | int = False,
     ) -> None:
         """Send one text or binary frame; ``close`` (True or a close code) closes afterwards."""
-        super().send(websocket_send_message(text_data, bytes_data))
+        if bytes_data is None and type(text_data) is str:  # the common case, already checked
+            message: Message = {"type": "websocket.send", "text": text_data}
+        else:
+            message = websocket_send_message(text_data, bytes_data)
+        super().send(message)
         if close:
             self.close(close)
 
