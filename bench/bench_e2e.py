@@ -411,13 +411,21 @@ def main() -> None:
                     file=sys.stderr,
                 )
 
+    per_server = [
+        f"{name} {runs}" + (" times" if runs > 1 else " time")
+        for case, name, runs in (
+            ("echo", "echo", args.echo_runs),
+            ("sync", "sync", args.sync_runs),
+            ("bcast", "broadcast", 1),
+        )
+        if case in cases
+    ]
+    memory = f" ({args.mem_rounds} for memory)" if "memory" in cases else ""
     out = [
         f"Machine: {machine()}.",
-        f"Servers pinned to CPU 0, load generator to CPU 1. {args.rounds} rounds "
-        f"({args.mem_rounds} for memory); each round starts every server once and runs echo "
-        f"{args.echo_runs} times, sync {args.sync_runs} times, broadcast once; "
-        f"median of all runs (min\N{EN DASH}max). "
-        f"Took {time.monotonic() - started:.0f} s.",
+        f"Servers pinned to CPU 0, load generator to CPU 1. {args.rounds} rounds{memory}; "
+        f"each round starts every server once and runs {', '.join(per_server)}; "
+        f"median of all runs (min\N{EN DASH}max). Took {time.monotonic() - started:.0f} s.",
         "",
     ]
     if "echo" in cases:
