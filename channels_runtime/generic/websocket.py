@@ -73,6 +73,8 @@ def websocket_send_message(
     Passing both is refused instead of silently dropping one, and the types are
     checked here so the mistake surfaces in the consumer, not deep in the server.
     """
+    if bytes_data is None and type(text_data) is str:  # the common case, first
+        return {"type": "websocket.send", "text": text_data}
     if (text_data is None) == (bytes_data is None):
         raise ValueError(
             "send() needs exactly one of text_data or bytes_data, got "
@@ -249,11 +251,7 @@ class AsyncWebsocketConsumer(GroupMembership, AsyncConsumer):
         close: bool | int = False,
     ) -> None:
         """Send one text or binary frame; ``close`` (True or a close code) closes afterwards."""
-        if bytes_data is None and type(text_data) is str:  # the common case, already checked
-            message: Message = {"type": "websocket.send", "text": text_data}
-        else:
-            message = websocket_send_message(text_data, bytes_data)
-        await super().send(message)
+        await super().send(websocket_send_message(text_data, bytes_data))
         if close:
             await self.close(close)
 
@@ -377,11 +375,7 @@ class WebsocketConsumer(GroupMembership, SyncConsumer):
         close: bool | int = False,
     ) -> None:
         """Send one text or binary frame; ``close`` (True or a close code) closes afterwards."""
-        if bytes_data is None and type(text_data) is str:  # the common case, already checked
-            message: Message = {"type": "websocket.send", "text": text_data}
-        else:
-            message = websocket_send_message(text_data, bytes_data)
-        super().send(message)
+        super().send(websocket_send_message(text_data, bytes_data))
         if close:
             self.close(close)
 
