@@ -7,12 +7,10 @@ Hypercorn and talk to it over real sockets with httpx.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import logging
 import os
-import socket
 import threading
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
@@ -21,6 +19,7 @@ from typing import Any
 
 import anyio
 import httpx
+import hypercorn_serve
 import pytest
 from django.core import signals
 from django.core.exceptions import ImproperlyConfigured
@@ -557,39 +556,12 @@ async def serve_with_hypercorn(
     app: Any, backend: str, client_code: Callable[[str], Awaitable[None]]
 ) -> None:
     """Serve ``app`` with the Hypercorn worker for ``backend``; run ``client_code(base_url)``."""
-    from hypercorn.config import Config
 
-    config = Config()
-    config.accesslog = None
-    config.errorlog = logging.getLogger("hypercorn.error")
-    config.graceful_timeout = 1
-    shutdown = anyio.Event()
-    async with anyio.create_task_group() as tg:
-        if backend == "trio":
-            from hypercorn.trio import serve as trio_serve
+    async def bounded(base_url: str) -> None:
+        with anyio.fail_after(10):
+            await client_code(base_url)
 
-            config.bind = ["127.0.0.1:0"]
-            urls = await tg.start(
-                functools.partial(trio_serve, app, config, shutdown_trigger=shutdown.wait)
-            )
-            base_url = next(url for url in urls if url.startswith("http://"))
-        else:
-            from hypercorn.asyncio import serve as asyncio_serve
-
-            # asyncio's serve() cannot report the port it bound: bind here, hand it over.
-            listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            listener.bind(("127.0.0.1", 0))
-            listener.listen()
-            base_url = f"http://127.0.0.1:{listener.getsockname()[1]}"
-            config.bind = [f"fd://{listener.detach()}"]
-            tg.start_soon(
-                functools.partial(asyncio_serve, app, config, shutdown_trigger=shutdown.wait)
-            )
-        try:
-            with anyio.fail_after(10):
-                await client_code(base_url)
-        finally:
-            shutdown.set()
+    await hypercorn_serve.serve_with_hypercorn(app, backend, bounded)
 
 
 @pytest.mark.anyio

@@ -8,10 +8,8 @@ real Hypercorn server.
 
 from __future__ import annotations
 
-import functools
 import inspect
 import logging
-import socket
 import sys
 import textwrap
 from collections.abc import Iterator
@@ -24,6 +22,7 @@ import pytest
 from django.core.exceptions import ImproperlyConfigured
 from django.test import override_settings
 from django.urls import include, path, re_path
+from hypercorn_serve import serve_with_hypercorn
 
 from channels_runtime.asgi import Message, Receive, Scope, Send
 from channels_runtime.layers import channel_layers, get_channel_layer
@@ -620,45 +619,6 @@ async def hello(scope: Scope, receive: Receive, send: Send) -> None:
     )
 
 
-async def _serve_with_hypercorn(app: Any, backend: str, client_code: Any) -> None:
-    """Run ``app`` under the Hypercorn matching ``backend`` and call ``client_code(base_url)``."""
-    from hypercorn.config import Config
-
-    config = Config()
-    config.errorlog = logging.getLogger("hypercorn.error")
-    config.accesslog = None
-    config.graceful_timeout = 1
-    shutdown = anyio.Event()
-
-    async with anyio.create_task_group() as tg:
-        if backend == "trio":
-            from hypercorn.trio import serve as trio_serve
-
-            config.bind = ["127.0.0.1:0"]
-            urls = await tg.start(
-                functools.partial(trio_serve, app, config, shutdown_trigger=shutdown.wait)
-            )
-            base_url = next(u for u in urls if u.startswith("http://"))
-        else:
-            from hypercorn.asyncio import serve as asyncio_serve
-
-            # hypercorn.asyncio.serve reports no bound address, so bind first and
-            # hand the listening socket over (Hypercorn's server closes it).
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind(("127.0.0.1", 0))
-            sock.listen()
-            port = sock.getsockname()[1]
-            config.bind = [f"fd://{sock.detach()}"]
-            tg.start_soon(
-                functools.partial(asyncio_serve, app, config, shutdown_trigger=shutdown.wait)
-            )
-            base_url = f"http://127.0.0.1:{port}"
-        try:
-            await client_code(base_url)
-        finally:
-            shutdown.set()
-
-
 @pytest.mark.anyio
 async def test_hypercorn_end_to_end(
     anyio_backend: tuple[str, dict[str, object]], caplog: pytest.LogCaptureFixture
@@ -674,7 +634,7 @@ async def test_hypercorn_end_to_end(
 
     with layers_using(ClosingLayer), anyio.fail_after(15):
         layer = get_channel_layer()
-        await _serve_with_hypercorn(app, anyio_backend[0], client)
+        await serve_with_hypercorn(app, anyio_backend[0], client)
 
     assert [(r.status_code, r.text) for r in responses] == [
         (200, "hello world"),
