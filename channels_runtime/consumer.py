@@ -11,6 +11,8 @@ from __future__ import annotations
 import functools
 from typing import Any, ClassVar
 
+import anyio
+
 from . import DEFAULT_CHANNEL_LAYER
 from .asgi import Message, Receive, Scope, Send
 from .compat.backend import ensure_bridge
@@ -19,7 +21,7 @@ from .db import aclose_old_connections, close_pass_due, database_sync_to_async
 from .dispatch import dispatch_serially
 from .exceptions import StopConsumer
 from .layers import get_channel_layer
-from .sync import async_to_sync
+from .sync_send import ThreadSender
 
 _handler_names: dict[str, str] = {}
 
@@ -138,14 +140,22 @@ class SyncConsumer(AsyncConsumer):
     """A consumer whose handlers are plain functions, run in the thread-sensitive thread.
 
     Handlers may use the ORM directly: old connections are closed before and
-    after each handler (``database_sync_to_async``). ``send`` blocks the
-    handler's thread until the message has been handed to the server on the
-    event loop; channel-layer calls go back to the loop with
-    ``async_to_sync(self.channel_layer.group_send)(...)``. Both work on
-    asyncio and trio.
+    after each handler (``database_sync_to_async``). Channel-layer calls go
+    back to the loop with ``async_to_sync(self.channel_layer.group_send)(...)``.
+    Both work on asyncio and trio.
+
+    ``send`` queues WebSocket frames (``websocket.send``) for the event loop
+    and returns without waiting; the next message is not handled until they
+    have all been taken by the server, and an error from the server's send
+    is raised by the handler's next ``send`` or as the handler's exception.
+    Other messages, and frames beyond :attr:`max_queued_sends` waiting at
+    once, block the thread until the server has taken them, as in Channels
+    (see :mod:`channels_runtime.sync_send` for why).
     """
 
     _sync: ClassVar[bool] = True
+    #: Frames a handler may queue before ``send`` blocks; 0 makes every send block.
+    max_queued_sends: ClassVar[int] = 64
     base_send: Any
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -153,16 +163,41 @@ class SyncConsumer(AsyncConsumer):
         # SyncToAsync (update_wrapper, coroutine checks) costs ~5 µs. Dropped at
         # the end, as it refers back to this instance.
         self._threaded_dispatch = database_sync_to_async(self._dispatch_in_thread)
+        sender = self._sender = ThreadSender(send, self.max_queued_sends)
+        failure: Exception | None = None
         try:
-            await super().__call__(scope, receive, async_to_sync(send))  # type: ignore[arg-type]
+            async with anyio.create_task_group() as group:
+                group.start_soon(sender.run)
+                try:
+                    await super().__call__(scope, receive, sender)  # type: ignore[arg-type]
+                except Exception as exc:
+                    failure = exc  # re-raised below as itself, not in an ExceptionGroup
+                finally:
+                    group.cancel_scope.cancel()
+            if failure is not None:
+                raise failure
         finally:
-            del self._threaded_dispatch
+            failure = None  # break the frame -> exception reference cycle
+            del self._threaded_dispatch, self._sender
 
     async def dispatch(self, message: Message) -> None:
         threaded = self.__dict__.get("_threaded_dispatch")
         if threaded is None:  # dispatch() called outside __call__
             threaded = database_sync_to_async(self._dispatch_in_thread)
-        await threaded(message)
+        sender: ThreadSender | None = self.__dict__.get("_sender")
+        if sender is None:
+            await threaded(message)
+            return
+        try:
+            await threaded(message)
+        except anyio.get_cancelled_exc_class():
+            raise
+        except BaseException:
+            # Frames the handler sent before it failed (or stopped) still go out.
+            await sender.flush(raise_error=False)
+            raise
+        if sender.pending or sender.failed:
+            await sender.flush()
 
     def _dispatch_in_thread(self, message: Message) -> None:
         handler = getattr(self, get_handler_name(message), None)
@@ -173,5 +208,5 @@ class SyncConsumer(AsyncConsumer):
         handler(message)
 
     def send(self, message: Message) -> None:  # type: ignore[override]
-        """Send ``message`` to the client; blocks this thread until it is handed over."""
+        """Send ``message`` to the client (a frame is queued; see the class docstring)."""
         self.base_send(message)

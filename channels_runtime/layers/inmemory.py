@@ -33,8 +33,7 @@ from collections.abc import Mapping
 from copy import deepcopy
 from typing import Any
 
-import anyio
-
+from ..compat.wakeup import new_wakeup
 from ..exceptions import ChannelFull
 from .base import BaseChannelLayer, CapacityPattern, Message
 
@@ -114,16 +113,17 @@ def copy_message(message: Message) -> Message:
 class _Waiter:
     """One blocked ``receive`` call.
 
-    The event is made per call, in the caller's event loop, so no loop-bound
-    object survives the call. ``send`` stores the message here before setting
-    the event, so a receiver that is cancelled after being chosen can give it
-    back.
+    The wake-up is made per call, in the caller's event loop, so no loop-bound
+    object survives the call; it is the loop's cheapest one-waiter primitive
+    (see :mod:`channels_runtime.compat.wakeup`), not an ``anyio.Event``.
+    ``send`` stores the message here before waking the receiver, so a
+    receiver that is cancelled after being chosen can give it back.
     """
 
     __slots__ = ("epoch", "event", "expires_at", "message")
 
     def __init__(self) -> None:
-        self.event = anyio.Event()
+        self.event = new_wakeup()
         self.message: Message | None = None
         self.expires_at = 0.0
         self.epoch = 0

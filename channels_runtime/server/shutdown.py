@@ -31,6 +31,7 @@ import logging
 import anyio
 
 from ..asgi import ASGIApp, Message, Receive, Scope, Send
+from ..compat.interrupt import Interrupted, InterruptibleWait
 
 __all__ = ["GOING_AWAY", "GracefulShutdown"]
 
@@ -41,13 +42,22 @@ GOING_AWAY = 1001
 
 
 class _WebSocket:
-    """One tracked WebSocket: the real ``receive``/``send`` and what has happened so far."""
+    """One tracked WebSocket: the real ``receive``/``send`` and what has happened so far.
+
+    This sits on every message's path, so it avoids anyio's per-call
+    primitives (measured at 11 µs per echo round trip on asyncio, more on
+    trio): a receive is an :class:`InterruptibleWait`, which costs one
+    task lookup unless it is interrupted, and sends are counted instead of
+    locked, because the only thing that must not overtake an application's
+    frame is the close frame :meth:`go_away` sends once.
+    """
 
     __slots__ = (
+        "_drained",
+        "_in_flight",
         "_receive",
-        "_receive_scope",
         "_send",
-        "_send_lock",
+        "_wait",
         "accepted",
         "close_sent",
         "disconnected",
@@ -58,10 +68,9 @@ class _WebSocket:
     def __init__(self, receive: Receive, send: Send) -> None:
         self._receive = receive
         self._send = send
-        # Serialises our close frame with the application's own sends, so a frame
-        # the application is writing never lands after the close frame.
-        self._send_lock = anyio.Lock(fast_acquire=True)
-        self._receive_scope: anyio.CancelScope | None = None
+        self._wait = InterruptibleWait()
+        self._in_flight = 0  # application sends handed to the server, not yet returned
+        self._drained: anyio.Event | None = None  # made by go_away() if it must wait for them
         self.accepted = False
         self.responding = False  # a denial response (websocket.http.response.*) started
         self.close_sent = False
@@ -71,61 +80,67 @@ class _WebSocket:
     async def receive(self) -> Message:
         if self.going_away:
             return {"type": "websocket.disconnect", "code": GOING_AWAY}
-        with anyio.CancelScope() as scope:
-            self._receive_scope = scope
-            try:
-                message = await self._receive()
-            finally:
-                self._receive_scope = None
-            if message.get("type") == "websocket.disconnect":
-                self.disconnected = True
-            return message
-        # Only reached when go_away() cancelled the wait above.
-        return {"type": "websocket.disconnect", "code": GOING_AWAY}
+        try:
+            message = await self._wait.wait(self._receive)
+        except Interrupted:
+            return {"type": "websocket.disconnect", "code": GOING_AWAY}
+        if message["type"] == "websocket.disconnect":
+            self.disconnected = True
+        return message
 
     async def send(self, message: Message) -> None:
-        async with self._send_lock:
-            if self.going_away and self.close_sent:
-                # The client has been told the server is going away; the application
-                # learns it at its next receive(). Its sends meanwhile have nowhere to go.
-                return
-            message_type = message.get("type")
-            if message_type == "websocket.accept":
-                self.accepted = True
-            elif message_type == "websocket.close":
-                self.close_sent = True
-            elif message_type == "websocket.http.response.start":
-                self.responding = True
+        if self.going_away:
+            # The server is going away: the client gets (or has got) the close frame
+            # and the application learns it at its next receive(). Its sends meanwhile
+            # have nowhere to go.
+            return
+        message_type = message.get("type")
+        if message_type == "websocket.send":
+            pass
+        elif message_type == "websocket.accept":
+            self.accepted = True
+        elif message_type == "websocket.close":
+            self.close_sent = True
+        elif message_type == "websocket.http.response.start":
+            self.responding = True
+        self._in_flight += 1
+        try:
             await self._send(message)
+        finally:
+            self._in_flight -= 1
+            if self._drained is not None and not self._in_flight:
+                self._drained.set()
 
     async def go_away(self) -> None:
         """Tell the application and the client that the server is going away."""
         if self.going_away:
             return
         self.going_away = True
-        if self._receive_scope is not None:
-            self._receive_scope.cancel()
+        self._wait.interrupt()
         if self.disconnected:
             return
-        async with self._send_lock:
-            if self.close_sent or self.responding:
-                return
-            self.close_sent = True
-            # Before the handshake is accepted, Hypercorn answers a close with HTTP 403.
-            close: Message = {"type": "websocket.close"}
-            if self.accepted:
-                close["code"] = GOING_AWAY
-            try:
-                await self._send(close)
-            except Exception as exc:  # the connection may be half torn down already
-                logger.debug("Could not send the going-away close frame: %r", exc)
+        if self._in_flight:
+            # Let the frames the application is writing go first; new ones are dropped.
+            self._drained = anyio.Event()
+            await self._drained.wait()
+        if self.close_sent or self.responding:
+            return
+        self.close_sent = True
+        # Before the handshake is accepted, Hypercorn answers a close with HTTP 403.
+        close: Message = {"type": "websocket.close"}
+        if self.accepted:
+            close["code"] = GOING_AWAY
+        try:
+            await self._send(close)
+        except Exception as exc:  # the connection may be half torn down already
+            logger.debug("Could not send the going-away close frame: %r", exc)
 
 
 class GracefulShutdown:
     """ASGI middleware that can close every open WebSocket with code 1001.
 
-    Wraps ``app``; HTTP passes straight through. WebSocket connections cost one
-    cancel scope per ``receive()`` and an uncontended lock per ``send()``.
+    Wraps ``app``; HTTP passes straight through. On a WebSocket, each
+    ``receive()`` costs a task lookup and each ``send()`` a counter update.
 
     Also watches the lifespan protocol so :meth:`wait_started` can tell when
     the application has finished starting (or turned out not to speak
