@@ -385,9 +385,15 @@ def test_two_browsers_chat_and_come_back_after_a_restart(
     try:
         alice, bob = (context.new_page() for context in contexts)
         page_errors: list[str] = []
+        failed_requests: list[str] = []
         for page in (alice, bob):
             page.set_default_timeout(WAIT_MS)
             page.on("pageerror", lambda error: page_errors.append(str(error)))
+            page.on(
+                "response",
+                lambda response: response.status >= 400
+                and failed_requests.append(f"{response.status} {response.url}"),
+            )
 
         with serving(port, worker_class, env) as server:
             for page in (alice, bob):
@@ -429,6 +435,7 @@ def test_two_browsers_chat_and_come_back_after_a_restart(
             alice.emulate_media(color_scheme="dark")
             screenshot(alice, tmp_path / f"chat-{worker_class}-dark.png")
         assert page_errors == []
+        assert failed_requests == []  # no 404 for a favicon or a static file
     finally:
         for context in contexts:
             context.close()

@@ -76,9 +76,7 @@ async def _run(consumer_class: type[WebsocketConsumer], server: _Server, **initk
 
 
 async def _thread_event_set(event: threading.Event) -> None:
-    with anyio.fail_after(5):
-        while not event.is_set():
-            await anyio.sleep(0.005)
+    assert await anyio.to_thread.run_sync(event.wait, 5.0), "the handler did not return"
 
 
 async def test_frames_are_queued_and_sent_in_order_before_the_next_message(

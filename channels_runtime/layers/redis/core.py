@@ -59,8 +59,13 @@ _LETTER_TABLE = bytes(ord(string.ascii_letters[i % 52]) for i in range(256))
 
 #: Error replies that mean "not now" rather than "wrong": the command was not
 #: run, so it is safe to retry, on a fresh connection (a READONLY replica is
-#: what a failed-over master looks like before Sentinel has told us).
-_TRANSIENT_REPLIES = frozenset({"LOADING", "READONLY", "MASTERDOWN", "TRYAGAIN", "BUSY"})
+#: what a failed-over master looks like before Sentinel has told us, and
+#: UNBLOCKED is what a waiting BLPOP gets when its master is made a replica).
+#: The connection that got one is discarded with every idle one to that
+#: server, so the retry connects afresh, asking the sentinels again.
+_TRANSIENT_REPLIES = frozenset(
+    {"LOADING", "READONLY", "MASTERDOWN", "TRYAGAIN", "BUSY", "UNBLOCKED"}
+)
 _LOST = object()
 
 
@@ -657,10 +662,13 @@ class RedisChannelLayer(BaseChannelLayer):
         except BaseException:
             await shard.discard(conn, blocking=True, fault=False)
             raise
+        if isinstance(reply, ReplyError) and reply.code in _TRANSIENT_REPLIES:
+            # Not released: pooled again, a connection to a demoted master would
+            # be picked by every retry, which would never ask Sentinel again.
+            await shard.discard(conn, blocking=True)
+            raise _Transient(str(reply))
         await shard.release(conn, blocking=True)
         if isinstance(reply, ReplyError):
-            if reply.code in _TRANSIENT_REPLIES:
-                raise _Transient(str(reply))
             raise reply
         return None if reply is None else reply[1]
 
@@ -712,10 +720,11 @@ class RedisChannelLayer(BaseChannelLayer):
         except BaseException:
             await shard.discard(conn, fault=False)
             raise
+        if isinstance(reply, ReplyError) and reply.code in _TRANSIENT_REPLIES:
+            await shard.discard(conn)  # as in _pop_blocking: make the retry reconnect
+            raise _Transient(str(reply))
         await shard.release(conn)
         if isinstance(reply, ReplyError):
-            if reply.code in _TRANSIENT_REPLIES:
-                raise _Transient(str(reply))
             raise reply
         return reply or []
 

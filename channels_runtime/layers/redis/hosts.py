@@ -33,8 +33,8 @@ logger = logging.getLogger("channels_runtime.layers.redis")
 DEFAULT_HOST = ("localhost", 6379)
 
 _SSL_OPTIONS = frozenset(
-    {"ssl", "ssl_context", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_cert_reqs",
-     "ssl_check_hostname"}
+    {"ssl", "ssl_context", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_password",
+     "ssl_cert_reqs", "ssl_check_hostname"}
 )  # fmt: skip
 _HOST_OPTIONS = frozenset(
     {"address", "host", "port", "db", "username", "password", "client_name", "unix_socket_path",
@@ -81,9 +81,14 @@ class HostSpec:
         return f"{scheme}://{self.host}:{self.port}/{self.db}"
 
 
-def _make_ssl_context(options: Mapping[str, Any]) -> ssl.SSLContext | None:
+def _make_ssl_context(options: Mapping[str, Any], where: str) -> ssl.SSLContext | None:
     """Build the TLS context from the redis-py style ``ssl_*`` options, or
-    return ``None`` when TLS is not asked for."""
+    return ``None`` when TLS is not asked for.
+
+    Files are read here, at configuration time, so that a wrong path or a key
+    that does not match its certificate is a :class:`ConfigurationError` naming
+    the option, not a connection failure retried forever.
+    """
     context = options.get("ssl_context")
     if context is not None:
         if not isinstance(context, ssl.SSLContext):
@@ -91,7 +96,12 @@ def _make_ssl_context(options: Mapping[str, Any]) -> ssl.SSLContext | None:
         return context
     if not options.get("ssl") and not any(k in options for k in _SSL_OPTIONS - {"ssl"}):
         return None
-    context = ssl.create_default_context(cafile=options.get("ssl_ca_certs"))
+    try:
+        context = ssl.create_default_context(cafile=options.get("ssl_ca_certs"))
+    except (OSError, ValueError) as exc:
+        raise ConfigurationError(
+            f"ssl_ca_certs {options.get('ssl_ca_certs')!r} in {where} cannot be loaded: {exc}"
+        ) from exc
     reqs = options.get("ssl_cert_reqs", "required")
     levels = {
         "none": ssl.CERT_NONE,
@@ -112,9 +122,48 @@ def _make_ssl_context(options: Mapping[str, Any]) -> ssl.SSLContext | None:
     # check_hostname must be turned off before verification can be.
     context.check_hostname = bool(check_hostname)
     context.verify_mode = reqs
-    if options.get("ssl_certfile"):
-        context.load_cert_chain(options["ssl_certfile"], options.get("ssl_keyfile"))
+    certfile, keyfile = options.get("ssl_certfile"), options.get("ssl_keyfile")
+    if certfile:
+        _load_client_certificate(context, certfile, keyfile, options.get("ssl_password"), where)
+    elif keyfile:
+        raise ConfigurationError(
+            f"ssl_keyfile in {where} without ssl_certfile: a client certificate needs both "
+            "(or ssl_certfile alone, holding the certificate and its key)"
+        )
     return context
+
+
+def _load_client_certificate(
+    context: ssl.SSLContext, certfile: str, keyfile: str | None, password: Any, where: str
+) -> None:
+    """Load the client certificate a server with ``tls-auth-clients`` asks for.
+
+    Without ``ssl_password``, an encrypted key is an error here: left to itself,
+    OpenSSL would prompt for the passphrase on the terminal and block the
+    process, a hang that is hard to trace in a server.
+    """
+
+    def no_password() -> str:
+        raise ConfigurationError(
+            f"the private key for ssl_certfile {certfile!r} in {where} is encrypted: "
+            "give its passphrase as ssl_password"
+        )
+
+    try:
+        context.load_cert_chain(certfile, keyfile, password if password else no_password)
+    except ConfigurationError:
+        raise
+    except (OSError, ValueError) as exc:
+        key = f" and ssl_keyfile {keyfile!r}" if keyfile else ""
+        hint = ""
+        if isinstance(exc, ssl.SSLError):  # read, but not understood
+            if password:
+                hint = " (wrong ssl_password?)"
+            elif not keyfile:
+                hint = " (without ssl_keyfile, it must hold the private key too)"
+        raise ConfigurationError(
+            f"ssl_certfile {certfile!r}{key} in {where} cannot be loaded{hint}: {exc}"
+        ) from exc
 
 
 def _positive(name: str, value: Any, kind: type = float) -> Any:
@@ -185,7 +234,7 @@ def _spec_from_options(options: Mapping[str, Any], where: str) -> HostSpec:
             raise ConfigurationError(f"address in {where} must be a URL string, got {address!r}")
         # Explicit keys in the dict win over what the URL says.
         options = {**_from_url(address), **options}
-    ssl_context = _make_ssl_context(options)
+    ssl_context = _make_ssl_context(options, where)
     sentinels: tuple[tuple[str, int], ...] = ()
     sentinel_spec = None
     master_name = options.get("master_name")
@@ -332,20 +381,60 @@ async def _handshake(conn: Connection, spec: HostSpec, clock: ServerTime | None)
         clock.offset_ms = server_ms - (sent_at + received_at) * 500.0
 
 
+class TLSConnectionError(ConnectionError):
+    """A TLS connection could not be set up. A ``ConnectionError``, so it is
+    retried like an unreachable server (the server's certificates may be in
+    the middle of a change), but its message says that TLS failed and where."""
+
+
+#: How a TLS handshake, or a TLS connection the server refused right after it,
+#: fails (plain TCP failures, such as a refused connection, are other OSErrors).
+_TLS_BREAKS: tuple[type[BaseException], ...] = (
+    ssl.SSLError,
+    anyio.BrokenResourceError,
+    anyio.EndOfStream,
+)
+
+
+def _tls_error(spec: HostSpec, exc: BaseException, stage: str) -> TLSConnectionError:
+    """The error for a TLS connection to ``spec`` that broke at ``stage``. The
+    underlying error alone can be a bare ``BrokenResourceError`` (the server
+    reset the connection before its alert was read), which says nothing of TLS
+    or of where. No double quotes: it is shown inside other messages' repr()."""
+    return TLSConnectionError(
+        f"TLS connection to {spec.describe()} failed {stage}: {type(exc).__name__}"
+        f"{': ' + str(exc) if str(exc) else ''}; check the certificates (the server's "
+        "against ssl_ca_certs, and ssl_certfile/ssl_keyfile if the server requires "
+        "client certificates, tls-auth-clients)"
+    )
+
+
 async def _open_plain(
     spec: HostSpec, generation: int, clock: ServerTime | None, default_timeout: float
 ) -> Connection:
     with anyio.fail_after(spec.connect_timeout or default_timeout):
-        stream = await open_stream(
-            host=spec.host,
-            port=spec.port,
-            unix_path=spec.unix_path,
-            ssl_context=spec.ssl_context,
-            tls_hostname=spec.tls_hostname,
-        )
+        try:
+            stream = await open_stream(
+                host=spec.host,
+                port=spec.port,
+                unix_path=spec.unix_path,
+                ssl_context=spec.ssl_context,
+                tls_hostname=spec.tls_hostname,
+            )
+        except _TLS_BREAKS as exc:
+            if spec.ssl_context is None:
+                raise
+            raise _tls_error(spec, exc, "in the handshake") from exc
         conn = Connection(stream, generation)
         try:
             await _handshake(conn, spec, clock)
+        except _TLS_BREAKS as exc:
+            await conn.aclose()
+            if spec.ssl_context is None:
+                raise
+            # With TLS 1.3 a server checks our certificate only after our side of
+            # the handshake is done: a refusal shows at the first reply.
+            raise _tls_error(spec, exc, "before its first reply") from exc
         except BaseException:
             await conn.aclose()
             raise
@@ -359,31 +448,60 @@ class SentinelError(ConnectionError):
 _SENTINEL_FAILURES: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, ReplyError)
 
 
-async def _ask_sentinels(spec: HostSpec, default_timeout: float) -> tuple[str, int]:
-    """Ask each sentinel in turn where the master is; the first answer wins."""
+def _why(exc: BaseException) -> str:
+    """An exception for a message that lists several (without double quotes,
+    which would make repr() of the whole escape every quote in it)."""
+    if isinstance(exc, (SentinelError, TLSConnectionError)):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+async def _ask_sentinel(
+    spec: HostSpec, host: str, port: int, default_timeout: float
+) -> tuple[str, int]:
+    """Ask the sentinel at ``host:port`` where ``spec``'s master is."""
     assert spec.sentinel_spec is not None
-    problems = []
-    for host, port in spec.sentinels:
-        sentinel = replace(spec.sentinel_spec, host=host, port=port, tls_hostname=host)
-        try:
-            conn = await _open_plain(sentinel, 0, None, default_timeout)
-        except _SENTINEL_FAILURES as exc:
-            problems.append(f"{host}:{port}: {exc!r}")
-            continue
-        try:
-            with anyio.fail_after(spec.socket_timeout or default_timeout):
-                reply = await conn.request("SENTINEL", "GET-MASTER-ADDR-BY-NAME", spec.master_name)
-        except CONNECTION_ERRORS as exc:
-            problems.append(f"{host}:{port}: {exc!r}")
-            continue
-        finally:
-            await conn.aclose()
-        if isinstance(reply, list) and len(reply) == 2:
-            return reply[0].decode(), int(reply[1])
-        problems.append(f"{host}:{port}: does not know master {spec.master_name!r} ({reply!r})")
-    raise SentinelError(
-        f"no sentinel could name master {spec.master_name!r}: " + "; ".join(problems)
-    )
+    sentinel = replace(spec.sentinel_spec, host=host, port=port, tls_hostname=host)
+    conn = await _open_plain(sentinel, 0, None, default_timeout)
+    try:
+        with anyio.fail_after(spec.socket_timeout or default_timeout):
+            reply = await conn.request("SENTINEL", "GET-MASTER-ADDR-BY-NAME", spec.master_name)
+    except _TLS_BREAKS as exc:
+        if sentinel.ssl_context is None:
+            raise
+        # Without a password there was no handshake round trip: as in _open_plain.
+        raise _tls_error(sentinel, exc, "before its first reply") from exc
+    finally:
+        await conn.aclose()
+    if isinstance(reply, list) and len(reply) == 2:
+        return reply[0].decode(), int(reply[1])
+    if isinstance(reply, ReplyError):
+        raise reply
+    raise SentinelError(f"does not know master {spec.master_name!r}")
+
+
+async def _open_master(
+    spec: HostSpec,
+    address: tuple[str, int],
+    generation: int,
+    clock: ServerTime | None,
+    default_timeout: float,
+) -> Connection:
+    """Connect to the server a sentinel named, and check that it is a master."""
+    host, port = address
+    master = replace(spec, host=host, port=port, sentinels=(), sentinel_spec=None)
+    conn = await _open_plain(master, generation, clock, default_timeout)
+    try:
+        with anyio.fail_after(spec.socket_timeout or default_timeout):
+            role = await conn.request("ROLE")
+    except BaseException:
+        await conn.aclose()
+        raise
+    if not (isinstance(role, list) and role and role[0] == b"master"):
+        await conn.aclose()
+        said = role[0].decode() if isinstance(role, list) and role else repr(role)
+        raise SentinelError(f"it is not a master (ROLE: {said})")
+    return conn
 
 
 async def open_connection(
@@ -395,25 +513,36 @@ async def open_connection(
     In sentinel mode the master's address is asked for afresh on every new
     connection (connections are only opened at start-up and after a failure,
     which is exactly when the master may have moved), and the server is checked
-    to really be a master before it is used.
+    to really be a master before it is used. The sentinels are asked in turn
+    until one names a master that can be reached and says it is one: a sentinel
+    that is behind (it has not heard of a failover yet, or was restarted from
+    an old configuration and is cut off from the others) names a server that
+    is down or demoted, and must not keep the layer from the master the others
+    know. In the usual case, the first sentinel answers and that is one round
+    trip, as before.
     """
     if not spec.sentinels:
         return await _open_plain(spec, generation, clock, default_timeout)
-    host, port = await _ask_sentinels(spec, default_timeout)
-    master = replace(spec, host=host, port=port, sentinels=(), sentinel_spec=None)
-    conn = await _open_plain(master, generation, clock, default_timeout)
-    try:
-        with anyio.fail_after(spec.socket_timeout or default_timeout):
-            role = await conn.request("ROLE")
-    except BaseException:
-        await conn.aclose()
-        raise
-    if not (isinstance(role, list) and role and role[0] == b"master"):
-        await conn.aclose()
-        raise SentinelError(
-            f"sentinels named {host}:{port} as master {spec.master_name!r}, but it is not a master"
-        )
-    return conn
+    problems: list[str] = []
+    tried: set[tuple[str, int]] = set()
+    for host, port in spec.sentinels:
+        try:
+            address = await _ask_sentinel(spec, host, port, default_timeout)
+        except _SENTINEL_FAILURES as exc:
+            problems.append(f"sentinel {host}:{port}: {_why(exc)}")
+            continue
+        if address in tried:
+            continue
+        tried.add(address)
+        try:
+            return await _open_master(spec, address, generation, clock, default_timeout)
+        except CONNECTION_ERRORS as exc:  # SentinelError included: not a master
+            problems.append(
+                f"master {address[0]}:{address[1]} named by sentinel {host}:{port}: {_why(exc)}"
+            )
+    raise SentinelError(
+        f"no sentinel named a reachable master {spec.master_name!r}: " + "; ".join(problems)
+    )
 
 
 def describe_all(specs: Iterable[HostSpec]) -> str:
