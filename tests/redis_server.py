@@ -42,7 +42,8 @@ def require_binary(name: str = "redis-server") -> str:
     """The path of ``name``; skip the test (fail under ``CI=true``) if missing."""
     path = shutil.which(name)
     if path is None:
-        reason = f"{name} is not installed (apt-get install redis-server)"
+        package = "redis-server" if name.startswith("redis") else name
+        reason = f"{name} is not installed (apt-get install {package})"
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(f"{reason}; CI must provide it", pytrace=False)
         pytest.skip(reason)
