@@ -98,6 +98,29 @@ def _track_connection(sender: Any, connection: Any, **kwargs: Any) -> None:
 connection_created.connect(_track_connection, dispatch_uid="channels_runtime.db.track")
 
 
+def _track_already_open() -> None:
+    """Track the connections this thread opened before this module was imported.
+
+    ``connection_created`` only reports connections made from now on; one made
+    earlier (by a settings check or an ``AppConfig.ready()``, say) would
+    otherwise never be closed by the consumers' hook. Connections are
+    per-thread, so only the importing thread's can be seen here; other threads
+    in practice open theirs later, through the signal.
+    """
+    from django.db import connections
+
+    try:
+        wrappers = connections.all(initialized_only=True)
+    except Exception:  # settings not configured yet: nothing can be open
+        return
+    for wrapper in wrappers:
+        if wrapper.connection is not None:
+            _track_connection(sender=type(wrapper), connection=wrapper)
+
+
+_track_already_open()
+
+
 def _would_act(wrapper: Any, now: float) -> bool:
     """Whether ``close_if_unusable_or_obsolete`` would change ``wrapper`` (see Django)."""
     if wrapper.errors_occurred:

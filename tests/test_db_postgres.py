@@ -326,3 +326,44 @@ async def test_in_memory_sqlite_needs_no_close_pass() -> None:
     await sync_to_async(touch_default)()
     assert connections["default"].settings_dict["NAME"] == ":memory:"
     assert not connections_need_closing()
+
+
+_OPENED_BEFORE_IMPORT = """
+import sys
+import django
+from django.conf import settings
+
+settings.configure(
+    DATABASES={"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": sys.argv[1],
+                           "CONN_MAX_AGE": 0}},
+    INSTALLED_APPS=[],
+)
+django.setup()
+from django.db import connections
+
+connections["default"].cursor().execute("SELECT 1")  # opened before the import below
+assert "channels_runtime.db" not in sys.modules
+
+from channels_runtime import db
+
+assert db.close_pass_due(), "the connection opened before the import is not tracked"
+db.close_old_connections()
+assert connections["default"].connection is None
+assert not db.close_pass_due()
+print("ok")
+"""
+
+
+def test_connection_opened_before_import_is_tracked(tmp_path: Any) -> None:
+    """A connection opened before ``channels_runtime.db`` was imported is still closed."""
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-c", _OPENED_BEFORE_IMPORT, str(tmp_path / "db.sqlite3")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
