@@ -391,8 +391,10 @@ def test_two_browsers_chat_and_come_back_after_a_restart(
             page.on("pageerror", lambda error: page_errors.append(str(error)))
             page.on(
                 "response",
-                lambda response: response.status >= 400
-                and failed_requests.append(f"{response.status} {response.url}"),
+                lambda response: (
+                    response.status >= 400
+                    and failed_requests.append(f"{response.status} {response.url}")
+                ),
             )
 
         with serving(port, worker_class, env) as server:

@@ -8,14 +8,17 @@ Works with Redis 6.2 or newer (it uses ``LPOP`` with a count and ``LPOS``).
 """
 
 from .core import RedisChannelLayer, RedisUnavailable
-from .hosts import HostSpec, decode_hosts
+from .hosts import HostSpec, TLSConnectionError, decode_hosts
 from .protocol import RedisError, ReplyError
+from .pubsub import RedisPubSubChannelLayer
 
 __all__ = [
     "HostSpec",
     "RedisChannelLayer",
     "RedisError",
+    "RedisPubSubChannelLayer",
     "RedisUnavailable",
     "ReplyError",
+    "TLSConnectionError",
     "decode_hosts",
 ]

@@ -1,0 +1,1193 @@
+"""The Redis Pub/Sub channel layer: lower latency, at most once, nothing stored in Redis.
+
+``CHANNEL_LAYERS = {"default": {"BACKEND":
+"channels_runtime.layers.redis.RedisPubSubChannelLayer", "CONFIG": {"hosts":
+["redis://localhost:6379/0"]}}}``
+
+Messages travel as Redis Pub/Sub messages, which Redis forwards to whoever is
+subscribed at that moment and then forgets. So a message reaches a process
+only if the process is subscribed when it is published, and nothing waits in
+Redis: no capacity, no expiry, no keys. In exchange a message costs one
+``PUBLISH`` and one push, and a ``group_send`` one ``PUBLISH`` however many
+members the group has.
+
+Topics (Pub/Sub channel names; ``prefix`` is the layer's):
+
+* ``<prefix>:pr:<token>`` carries every process-specific channel of one layer
+  instance (``new_channel()`` names are ``<prefix>.<token>!<letters>``); the
+  message names its channel. One subscription per process rather than one per
+  consumer: ``new_channel()`` costs no round trip once the process is
+  subscribed, and Redis tracks one topic per process, not one per WebSocket;
+* ``<prefix>:ch:<name>`` carries a normal channel; a process subscribes when it
+  first receives on it (or adds it to a group);
+* ``<prefix>:gr:<group>`` carries a group. Membership is local to the process:
+  ``group_add`` records the member here and subscribes the process to the group
+  topic, and the process fans a group message out to its own members.
+
+Each topic lives on the server its name hashes to (the same jump hash as the
+list-based layer), so several ``hosts`` are shards.
+
+**Who reads the sockets.** Every event loop holds one subscribed connection per
+server, and something must read it. A background reader task would have no
+owner: the layer is called from many unrelated tasks (consumers, views, scripts)
+and none of them opens a block that could host it, and a task nobody awaits is
+exactly what this project rules out. So the layer uses the pattern of the
+list-based layer's process channels: the ``receive`` call that has waited
+longest reads the sockets for every waiter in the event loop, hands each message
+to its receiver (or queues it), and when it has its own message, or is
+cancelled, passes the job to the next waiter. Callers that need a subscription
+confirmed (``group_add``, ``new_channel``) wait the same way and read if nobody
+else is. Reading a second server happens in a task group *inside* that call.
+Only the current reader ever writes to or reads from a subscribed socket, so
+commands and their answers cannot interleave; others leave their
+``SUBSCRIBE``/``UNSUBSCRIBE`` with :class:`~.subscriber.Subscriber` and *poke*
+the reader (cancel its read, which loses nothing: a part-read reply stays
+buffered) so that it writes them. Every piece of work therefore runs in a
+caller's task, under the caller's cancel scope, and nothing is left running when
+the callers stop. The price: nobody reads while nobody waits, and pushes then
+pile up in the socket and in Redis's output buffer (Redis drops a subscriber
+past ``client-output-buffer-limit pubsub``, 32 MB by default; the layer then
+reconnects). A process that serves WebSockets always has a waiting receiver.
+
+**Delivery is at most once.** Lost: messages published while a process is not
+subscribed (before ``new_channel``/``receive``/``group_add``, or while the
+connection is down), messages for a channel whose local queue is full (the
+newest is dropped, logged at DEBUG), queued messages older than ``expiry``, and
+everything queued in a process when it ends. A ``PUBLISH`` whose connection
+broke after it was written is retried within ``retry_budget``; if Redis had in
+fact forwarded it before the break, it arrives twice: the one exception to "at
+most once". Cancelling a ``receive`` never loses a message that was already
+read from the socket: it goes to the next receiver of that channel, or back to
+the front of its queue.
+
+**Redis restarts.** The reader notices at once (the socket ends), reconnects
+with backoff, and re-subscribes every topic that has a local receiver, queue or
+member; waiting receivers simply go on waiting. ``on_disconnect`` and
+``on_reconnect`` (message types, as in channels_redis) are sent to the affected
+local channels so consumers can re-sync. Sends while Redis is down retry for
+``retry_budget`` seconds, then raise :class:`~.core.RedisUnavailable`.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import math
+import numbers
+import os
+import random
+import string
+import time
+import weakref
+from collections import deque
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, ClassVar
+
+import anyio
+import anyio.abc
+import anyio.lowlevel
+
+from ..base import BaseChannelLayer, CapacityPattern, Message
+from .core import RedisUnavailable
+from .hosts import (
+    HostSpec,
+    SentinelError,
+    ServerTime,
+    decode_hosts,
+    describe_all,
+    open_connection,
+    shard_index,
+)
+from .protocol import CONNECTION_ERRORS, Connection, ProtocolError, ReplyError
+from .serializer import MessageSerializer
+from .subscriber import Subscriber
+
+__all__ = ["RedisPubSubChannelLayer"]
+
+logger = logging.getLogger(__name__)
+
+_monotonic = time.monotonic
+#: What a local queue holds: a message as published (serialised, decoded by the
+#: receiver that takes it), or a notification dict made here.
+_Pending = bytes | memoryview | Message
+_LETTER_TABLE = bytes(ord(string.ascii_letters[i % 52]) for i in range(256))
+
+#: Error replies that mean "not now": the command was not run, so retry it.
+_TRANSIENT_REPLIES = frozenset({"LOADING", "READONLY", "MASTERDOWN", "TRYAGAIN", "BUSY"})
+
+
+class _Transient(Exception):
+    """A transient error reply to PUBLISH, retried like a connection failure."""
+
+
+class _Refused(Exception):
+    """An error reply on the subscribed connection (e.g. ``NOPERM`` for a topic
+    the ACL forbids): the connection is dropped and retried with backoff."""
+
+
+_FAILURES: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, SentinelError, _Transient)
+#: What makes the reader drop a subscribed connection and reconnect.
+_READER_FAILURES: tuple[type[BaseException], ...] = (*_FAILURES, _Refused, ReplyError)
+
+
+def _loop_is_dead(token: Any) -> bool:
+    """Whether the event loop behind an anyio native token has finished (an
+    asyncio loop is closed; a trio token refuses ``run_sync_soon``)."""
+    is_closed = getattr(token, "is_closed", None)
+    if is_closed is not None:
+        return bool(is_closed())
+    run_sync_soon = getattr(token, "run_sync_soon", None)
+    if run_sync_soon is not None:
+        try:
+            run_sync_soon(lambda: None)
+        except RuntimeError:
+            return True
+    return False
+
+
+class _Channel:
+    """A channel this event loop receives on: its queue of messages nobody has
+    taken yet (``(local deadline, pending message)``), its waiting receivers,
+    and the local groups it is in. ``topic`` on server ``shard`` carries its
+    messages."""
+
+    __slots__ = (
+        "capacity",
+        "groups",
+        "last_active",
+        "name",
+        "queue",
+        "scheduled",
+        "shard",
+        "topic",
+        "waiters",
+    )
+
+    def __init__(self, name: str, topic: bytes, shard: int, capacity: int, now: float) -> None:
+        self.name = name
+        self.topic = topic
+        self.shard = shard
+        self.capacity = capacity
+        self.queue: deque[tuple[float, _Pending]] = deque()
+        self.waiters: deque[_Waiter] = deque()
+        self.groups: set[str] = set()
+        self.last_active = now
+        #: Whether the clean-up heap holds an entry for this channel.
+        self.scheduled = False
+
+
+class _Waiter:
+    """One call waiting in this event loop: a ``receive`` (``channel`` set) or a
+    caller waiting for a subscription to take effect (``channel`` is None).
+
+    It is finished (``done``) with a message, or with an ``error`` (a
+    subscription that Redis did not confirm in time); until then it may be
+    handed the reader's job. ``scope`` is its read scope while it reads.
+    """
+
+    __slots__ = ("channel", "done", "error", "event", "message", "scope", "started")
+
+    def __init__(self, channel: _Channel | None) -> None:
+        self.channel = channel
+        self.done = False
+        self.error: BaseException | None = None
+        self.message: _Pending | None = None
+        self.event: anyio.Event | None = None
+        self.scope: anyio.CancelScope | None = None
+        self.started = 0.0
+
+
+class _Pool:
+    """Connections for ``PUBLISH`` to one server, from one event loop.
+
+    At most ``limit`` are in use at once. After a failure the generation moves
+    on and the idle connections of the old one are closed rather than reused:
+    they almost certainly lead to the same dead server process.
+    """
+
+    __slots__ = ("clock", "generation", "idle", "limit", "open", "semaphore", "spec")
+
+    def __init__(self, spec: HostSpec, limit: int) -> None:
+        self.spec = spec
+        self.limit = spec.max_connections or limit
+        self.semaphore = anyio.Semaphore(self.limit, fast_acquire=True)
+        self.idle: list[Connection] = []
+        self.open: set[Connection] = set()
+        self.generation = 0
+        self.clock = ServerTime()
+
+    async def lease(self, connect_timeout: float) -> Connection:
+        await self.semaphore.acquire()
+        try:
+            idle = self.idle
+            while idle:
+                conn = idle.pop()
+                if conn.generation == self.generation:
+                    return conn
+                await self._close([conn])
+            conn = await open_connection(self.spec, self.generation, self.clock, connect_timeout)
+        except BaseException:
+            self.semaphore.release()
+            raise
+        self.open.add(conn)
+        return conn
+
+    async def release(self, conn: Connection) -> None:
+        self.semaphore.release()
+        if conn.generation == self.generation and len(self.idle) < self.limit:
+            self.idle.append(conn)
+        else:
+            await self._close([conn])
+
+    async def discard(self, conn: Connection, *, fault: bool = True) -> None:
+        """Close ``conn``; with ``fault`` (it broke), retire its generation too."""
+        self.semaphore.release()
+        stale = [conn]
+        if fault and conn.generation == self.generation:
+            self.generation += 1
+            stale += self.idle
+            self.idle = []
+        await self._close(stale)
+
+    async def _close(self, conns: list[Connection]) -> None:
+        with anyio.CancelScope(shield=True):
+            for conn in conns:
+                self.open.discard(conn)
+                await conn.aclose()
+
+    async def close(self) -> None:
+        self.generation += 1
+        stale, self.idle = self.idle, []
+        await self._close(stale)
+
+    def abandon(self) -> None:
+        for conn in self.open:
+            conn.abandon()
+        self.open.clear()
+        self.idle.clear()
+
+
+class _LoopState:
+    """Everything the layer keeps for one event loop (sockets, events and the
+    waiters parked on them only work in the loop that made them)."""
+
+    __slots__ = (
+        "__weakref__",
+        "buffered",
+        "channels",
+        "group_adds",
+        "groups",
+        "heap",
+        "in_reader",
+        "memberships",
+        "poked",
+        "pools",
+        "process_refs",
+        "reader",
+        "seq",
+        "subscribers",
+        "token_ref",
+        "waiters",
+    )
+
+    def __init__(self, layer: RedisPubSubChannelLayer, token: Any) -> None:
+        self.token_ref = weakref.ref(token)
+        self.subscribers = [Subscriber(i, spec) for i, spec in enumerate(layer.hosts)]
+        self.pools = [_Pool(spec, layer.max_connections) for spec in layer.hosts]
+        self.channels: dict[str, _Channel] = {}
+        #: group -> {member channel: monotonic time its membership ends}
+        self.groups: dict[str, dict[str, float]] = {}
+        self.memberships = 0
+        self.group_adds = 0
+        #: Every unfinished waiter, oldest first: the next reader is the first.
+        self.waiters: dict[_Waiter, None] = {}
+        self.reader: _Waiter | None = None
+        #: True while reader code runs synchronously (dispatching a push): a
+        #: message for the reader itself then needs no poke.
+        self.in_reader = False
+        #: Set by every poke, so one that comes while the reader is between
+        #: reads (connecting) is not lost.
+        self.poked = False
+        self.heap: list[tuple[float, int, _Channel]] = []
+        self.seq = 0
+        self.buffered = 0
+        #: Channels on this instance's process topic; it is wanted while > 0.
+        self.process_refs = 0
+
+    def abandon(self) -> None:
+        for sub in self.subscribers:
+            sub.abandon()
+        for pool in self.pools:
+            pool.abandon()
+
+
+def _positive(name: str, value: Any, *, integer: bool = False, zero: bool = False) -> None:
+    """Raise ``ValueError`` naming the setting unless ``value`` is a positive
+    number (an integer if asked; zero allowed if asked)."""
+    kind = numbers.Integral if integer else numbers.Real
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, kind)
+        or (value < 0 if zero else value <= 0)
+        or (not integer and not math.isfinite(value))
+    ):
+        what = "integer" if integer else "number"
+        bound = "zero or more" if zero else "positive"
+        raise ValueError(f"{name} must be a {bound} {what}, got {value!r}")
+
+
+class RedisPubSubChannelLayer(BaseChannelLayer):
+    """A channel layer on Redis Pub/Sub, configured like channels_redis's.
+
+    Lower latency than :class:`~.core.RedisChannelLayer` and nothing stored in
+    Redis, but at most once with fewer guarantees: a message reaches only the
+    processes subscribed when it is sent, a normal channel received on in
+    several processes delivers each message to *each* of them, and group
+    membership lives in the process that called ``group_add``. See the module
+    docstring and ``docs/scaling-out.md``.
+
+    ``capacity``, ``channel_capacity`` and ``expiry`` bound the per-process
+    queues of messages that arrived before anyone received them; ``send`` never
+    raises ``ChannelFull``.
+    """
+
+    extensions: ClassVar[list[str]] = ["groups", "flush"]
+
+    #: Receivers retry a lost Redis forever, backing off between these bounds.
+    backoff_min: ClassVar[float] = 0.05
+    backoff_max: ClassVar[float] = 2.0
+    #: Seconds of silence on a subscribed connection before the reader PINGs
+    #: it; no answer within ``socket_timeout`` marks it dead. Catches a peer
+    #: that vanished without closing (a network partition, a NAT timeout).
+    health_check_interval: ClassVar[float] = 30.0
+
+    def __init__(
+        self,
+        hosts: Sequence[Any] | None = None,
+        prefix: str = "asgi",
+        on_disconnect: str | None = None,
+        on_reconnect: str | None = None,
+        *,
+        expiry: float = 60,
+        group_expiry: float = 86400,
+        capacity: int = 100,
+        channel_capacity: Mapping[CapacityPattern, int] | None = None,
+        symmetric_encryption_keys: Iterable[str | bytes] | None = None,
+        serializer_format: str = "msgpack",
+        max_message_size: int | None = 1024 * 1024,
+        max_connections: int = 64,
+        connect_timeout: float = 2.0,
+        socket_timeout: float = 10.0,
+        retry_budget: float = 2.0,
+        max_buffered: int = 10_000,
+    ) -> None:
+        _positive("expiry", expiry)
+        super().__init__(expiry=expiry, capacity=capacity, channel_capacity=channel_capacity)
+        if not isinstance(prefix, str) or not prefix:
+            raise ValueError(f"prefix must be a non-empty string, got {prefix!r}")
+        for name, value in (("on_disconnect", on_disconnect), ("on_reconnect", on_reconnect)):
+            if value is not None and (not isinstance(value, str) or not value):
+                raise ValueError(
+                    f"{name} must be a message type string such as 'redis.disconnect' "
+                    f"(sent to local channels), got {value!r}"
+                )
+        if serializer_format != "msgpack":
+            raise ValueError(
+                f"serializer_format {serializer_format!r} is not supported; only 'msgpack' is"
+            )
+        _positive("group_expiry", group_expiry)
+        _positive("max_connections", max_connections, integer=True)
+        _positive("max_buffered", max_buffered, integer=True)
+        _positive("connect_timeout", connect_timeout)
+        _positive("socket_timeout", socket_timeout)
+        _positive("retry_budget", retry_budget, zero=True)
+        if max_message_size is not None:
+            _positive("max_message_size", max_message_size, integer=True)
+        self.hosts = decode_hosts(hosts)
+        self.ring_size = len(self.hosts)
+        self.prefix = prefix
+        self.on_disconnect = on_disconnect
+        self.on_reconnect = on_reconnect
+        self.group_expiry = group_expiry
+        self.max_message_size = max_message_size
+        self.max_connections = max_connections
+        self.connect_timeout = connect_timeout
+        self.socket_timeout = socket_timeout
+        self.retry_budget = retry_budget
+        self.max_buffered = max_buffered
+        self._serializer = MessageSerializer(
+            symmetric_encryption_keys, expiry=expiry, max_message_size=max_message_size
+        )
+        self._topic_prefix = f"{prefix}:".encode()
+        self._plen = len(self._topic_prefix)
+        self._channel_topics = self._topic_prefix + b"ch:"
+        self._group_topics = self._topic_prefix + b"gr:"
+        self._new_process()
+
+    def _new_process(self) -> None:
+        """Start afresh in this process: a new token (sharing the parent's after
+        ``fork()`` would make both receive each other's messages) and no
+        connections (the parent's sockets are not ours to use)."""
+        self._pid = os.getpid()
+        #: Names this instance's specific channels: ``<prefix>.<token>!<local>``.
+        self.client_token = random.randbytes(12).translate(_LETTER_TABLE).decode()
+        self._process_topic = self._topic_prefix + b"pr:" + self.client_token.encode()
+        self._process_shard = shard_index(self.client_token, self.ring_size)
+        self._states: weakref.WeakKeyDictionary[Any, _LoopState] = weakref.WeakKeyDictionary()
+        self._last: _LoopState | None = None
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(hosts=[{describe_all(self.hosts)}], prefix={self.prefix!r})"
+
+    def _state(self) -> _LoopState:
+        """This event loop's state, made on first use; the state of a loop that
+        has ended is dropped and its sockets shut down."""
+        token = anyio.lowlevel.current_token().native_token
+        state = self._last
+        if state is not None and state.token_ref() is token:
+            return state
+        if self._pid != os.getpid():
+            self._new_process()
+        state = self._states.get(token)
+        if state is None:
+            self._reap_dead_loops()
+            state = self._states[token] = _LoopState(self, token)
+        self._last = state
+        return state
+
+    def _reap_dead_loops(self) -> None:
+        for other in list(self._states):
+            if _loop_is_dead(other):
+                dead = self._states.pop(other, None)
+                if dead is not None:
+                    dead.abandon()
+
+    # -- names ------------------------------------------------------------------------
+
+    def _route(self, channel: str) -> tuple[bytes, int, bytes]:
+        """Topic, shard, and body prefix for a message to ``channel``."""
+        bang = channel.find("!")
+        if bang < 0:
+            return (
+                self._channel_topics + channel.encode(),
+                shard_index(channel, self.ring_size),
+                b"",
+            )
+        token = channel[:bang].rpartition(".")[2]
+        return (
+            self._topic_prefix + b"pr:" + token.encode(),
+            shard_index(token, self.ring_size),
+            channel.encode() + b"|",
+        )
+
+    def _group_topic(self, group: str) -> tuple[bytes, int]:
+        return self._group_topics + group.encode(), shard_index(group, self.ring_size)
+
+    # -- sending ------------------------------------------------------------------------
+
+    async def send(self, channel: str, message: Message) -> None:
+        """Publish ``message`` to ``channel``'s topic.
+
+        It reaches the process(es) subscribed to it now, or nobody: ``send``
+        cannot tell, and never raises ``ChannelFull``. Raises
+        :class:`~.core.RedisUnavailable` when Redis cannot be reached within
+        ``retry_budget`` seconds, ``MessageTooLarge`` past ``max_message_size``.
+        """
+        if not isinstance(message, dict):
+            raise TypeError(f"message must be a dict, not {type(message).__name__}")
+        self.require_valid_channel_name(channel)
+        payload = self._serializer.dumps(message, channel)
+        topic, index, head = self._route(channel)
+        await self._publish(index, topic, head + payload if head else payload, channel, "send")
+
+    async def group_send(self, group: str, message: Message) -> None:
+        """Publish ``message`` once to ``group``'s topic; every process with
+        members hands it to each of its own members."""
+        if not isinstance(message, dict):
+            raise TypeError(f"message must be a dict, not {type(message).__name__}")
+        self.require_valid_group_name(group)
+        payload = self._serializer.dumps(message, f"group {group}")
+        topic, index = self._group_topic(group)
+        await self._publish(index, topic, payload, group, "group_send")
+
+    async def _publish(self, index: int, topic: bytes, payload: bytes, name: str, op: str) -> int:
+        """``PUBLISH``, retried on a fresh connection while the retry budget
+        lasts (the first retry at once: the usual failure is a pooled connection
+        left over from before a Redis restart). Returns the number of
+        subscribed connections Redis forwarded it to."""
+        pool = self._state().pools[index]
+        attempts = 0
+        deadline = 0.0
+        delay = self.backoff_min
+        while True:
+            try:
+                conn = await pool.lease(self.connect_timeout)
+            except _FAILURES as exc:
+                error: BaseException = exc
+            else:
+                try:
+                    with anyio.fail_after(self.socket_timeout):
+                        reply = await conn.request("PUBLISH", topic, payload)
+                except _FAILURES as exc:
+                    await pool.discard(conn)
+                    error = exc
+                except BaseException:
+                    # Cancelled mid-command: the connection's state is unknown.
+                    await pool.discard(conn, fault=False)
+                    raise
+                else:
+                    await pool.release(conn)
+                    if not isinstance(reply, ReplyError):
+                        return int(reply)
+                    if reply.code not in _TRANSIENT_REPLIES:
+                        raise reply
+                    error = reply
+            attempts += 1
+            now = _monotonic()
+            if attempts == 1:
+                deadline = now + self.retry_budget
+            if now >= deadline:
+                raise RedisUnavailable(
+                    f"Redis at {pool.spec.describe()} is unavailable for {op} to {name!r}: "
+                    f"{error!r} (gave up after {attempts} attempt(s) in {self.retry_budget:g}s)"
+                ) from error
+            if attempts > 1:
+                await anyio.sleep(min(delay, deadline - now) * random.uniform(0.8, 1.0))
+                delay = min(delay * 2, self.backoff_max)
+
+    # -- receiving ------------------------------------------------------------------------
+
+    async def new_channel(self, prefix: str = "specific") -> str:
+        """A new process-specific channel, ``"<prefix>.<token>!<12 letters>"``.
+
+        Messages sent to it from now on are kept (up to its capacity, for
+        ``expiry`` seconds) until it is received on. Only the first call in an
+        event loop waits for Redis (to subscribe this process's topic); it
+        raises :class:`~.core.RedisUnavailable` if Redis is down meanwhile.
+        """
+        if self._pid != os.getpid():
+            self._new_process()
+        letters = random.randbytes(12).translate(_LETTER_TABLE).decode()
+        name = f"{prefix}.{self.client_token}!{letters}"
+        self.require_valid_channel_name(name)
+        state = self._state()
+        rec = self._open(state, name, _monotonic())
+        try:
+            await self._subscribed(
+                state, self._process_shard, self._process_topic, f"new_channel {name!r}"
+            )
+        except BaseException:
+            if state.channels.get(name) is rec and not rec.waiters:
+                self._drop(state, rec)
+            raise
+        return name
+
+    async def receive(self, channel: str) -> Message:
+        """Wait for the next message on ``channel``.
+
+        Waits through Redis outages. Several receivers of one channel in one
+        process each get different messages, in the order they started
+        waiting; a cancelled receive loses no message.
+        """
+        self.require_valid_channel_name(channel)
+        state = self._state()
+        now = _monotonic()
+        if state.heap and state.heap[0][0] <= now:
+            self._sweep(state, now)
+        rec = state.channels.get(channel)
+        if rec is None:
+            rec = self._open(state, channel, now)
+        while True:
+            pending = None
+            queue = rec.queue
+            while queue:
+                deadline, candidate = queue.popleft()
+                state.buffered -= 1
+                if deadline > now:
+                    pending = candidate
+                    break
+            if pending is None:
+                waiter = _Waiter(rec)
+                rec.waiters.append(waiter)
+                try:
+                    await self._wait(state, waiter)
+                finally:
+                    rec.last_active = _monotonic()
+                    if not rec.waiters and not rec.groups:
+                        self._schedule(state, rec, rec.last_active + self.expiry)
+                pending = waiter.message
+                assert pending is not None
+            now = rec.last_active = _monotonic()
+            # Decoded here, in the receiver's task, rather than by the reader:
+            # a group message's members each decode their own copy, in their
+            # own time, and a dropped message is never decoded at all.
+            if isinstance(pending, dict):
+                return pending
+            try:
+                message = self._serializer.loads(pending)
+            except Exception:
+                logger.exception("Dropped an unreadable message on %r", channel)
+                continue
+            if type(message) is dict:
+                return message
+            logger.error("Dropped a message on %r that is not a dict: %r", channel, message)
+
+    def _open(self, state: _LoopState, name: str, now: float) -> _Channel:
+        """Start receiving ``name`` in this event loop: a queue for it, and its
+        topic wanted (the reader subscribes it)."""
+        topic, index, head = self._route(name)
+        if head:
+            if topic != self._process_topic:
+                raise ValueError(
+                    f"{name!r} was not made by this layer's new_channel(); a process can "
+                    "only receive on (and add to groups) its own process-specific channels"
+                )
+            state.process_refs += 1
+        rec = _Channel(name, topic, index, self.get_capacity(name), now)
+        state.channels[name] = rec
+        if not state.subscribers[index].want(topic):
+            self._poke(state)
+        self._schedule(state, rec, now + self.expiry)
+        return rec
+
+    def _drop(self, state: _LoopState, rec: _Channel) -> None:
+        """Forget a channel: its queue, its groups, and (when nothing else here
+        needs it) its topic's subscription."""
+        del state.channels[rec.name]
+        state.buffered -= len(rec.queue)
+        rec.queue.clear()
+        for group in list(rec.groups):
+            self._leave(state, group, rec.name)
+        if rec.topic == self._process_topic:
+            state.process_refs -= 1
+            if state.process_refs:
+                return
+        self._unwant(state, rec.shard, rec.topic)
+
+    def _unwant(self, state: _LoopState, index: int, topic: bytes) -> None:
+        # Written by the reader when it next reads: no hurry, a message that
+        # arrives meanwhile finds no local channel and is dropped.
+        for waiter in state.subscribers[index].unwant(topic):
+            self._finish(state, waiter)
+
+    def _schedule(self, state: _LoopState, rec: _Channel, when: float) -> None:
+        """Look at ``rec`` again at ``when`` (one heap entry per channel at most;
+        an entry that comes due early is simply looked at and rescheduled)."""
+        if rec.scheduled:
+            return
+        rec.scheduled = True
+        state.seq += 1
+        heapq.heappush(state.heap, (when, state.seq, rec))
+
+    def _sweep(self, state: _LoopState, now: float) -> None:
+        """Drop queued messages older than ``expiry``, and channels that have had
+        no receiver, no message and no group for ``expiry`` seconds."""
+        heap = state.heap
+        while heap and heap[0][0] <= now:
+            rec = heapq.heappop(heap)[2]
+            rec.scheduled = False
+            if state.channels.get(rec.name) is not rec:
+                continue
+            queue = rec.queue
+            if queue and queue[0][0] <= now:
+                dropped = 0
+                while queue and queue[0][0] <= now:
+                    queue.popleft()
+                    dropped += 1
+                state.buffered -= dropped
+                logger.debug("Dropped %d expired message(s) queued for %r", dropped, rec.name)
+            if queue:
+                self._schedule(state, rec, queue[0][0])
+            elif not rec.waiters and not rec.groups:
+                idle_until = rec.last_active + self.expiry
+                if idle_until <= now:
+                    self._drop(state, rec)
+                else:
+                    self._schedule(state, rec, idle_until)
+
+    # -- waiting and reading --------------------------------------------------------------
+
+    async def _wait(self, state: _LoopState, me: _Waiter) -> None:
+        """Wait until ``me`` is finished, reading the sockets for everyone while
+        ``me`` is the reader. On the way out (also when cancelled) a message
+        handed to ``me`` but not taken goes to the next receiver, and the
+        reader's job to the longest-waiting caller."""
+        state.waiters[me] = None
+        try:
+            while not me.done:
+                if state.reader is None:
+                    state.reader = me
+                if state.reader is me:
+                    await self._read(state, me)
+                else:
+                    event = me.event = anyio.Event()
+                    await event.wait()
+        except BaseException:
+            state.waiters.pop(me, None)
+            rec = me.channel
+            if rec is not None:
+                try:
+                    rec.waiters.remove(me)
+                except ValueError:
+                    pass
+                if me.message is not None:
+                    message, me.message = me.message, None
+                    self._deliver(state, rec, message, _monotonic(), front=True)
+            self._pass_role(state, me)
+            raise
+        state.waiters.pop(me, None)
+        self._pass_role(state, me)
+
+    def _pass_role(self, state: _LoopState, leaving: _Waiter) -> None:
+        if state.reader is not leaving:
+            return
+        state.reader = None
+        for waiter in state.waiters:
+            state.reader = waiter
+            if waiter.event is not None:
+                waiter.event.set()
+            return
+
+    def _finish(self, state: _LoopState, waiter: _Waiter) -> None:
+        waiter.done = True
+        state.waiters.pop(waiter, None)
+        if waiter is state.reader:
+            # Reading in another task's place: stop it. (From the reader's own
+            # code it sees ``done`` by itself.)
+            scope = waiter.scope
+            if scope is not None and not state.in_reader:
+                scope.cancel()
+        elif waiter.event is not None:
+            waiter.event.set()
+
+    def _poke(self, state: _LoopState) -> None:
+        """Make the reader look again at what to write and which servers to
+        read (cancelling its read loses nothing)."""
+        state.poked = True
+        reader = state.reader
+        if reader is not None and reader.scope is not None and not state.in_reader:
+            reader.scope.cancel()
+
+    async def _read(self, state: _LoopState, me: _Waiter) -> None:
+        """Read every subscribed server for this loop until ``me`` is finished:
+        (re)connect the ones that need it, then pump the connected ones."""
+        while not me.done:
+            state.poked = False
+            now = anyio.current_time()
+            wake_at = math.inf
+            readable: list[Subscriber] = []
+            for sub in state.subscribers:
+                if not sub.needs_reading:
+                    continue
+                if sub.conn is None:
+                    if sub.retry_at <= now:
+                        await self._connect(state, sub)
+                        if me.done:
+                            return
+                    if sub.conn is None:
+                        wake_at = min(wake_at, sub.retry_at)
+                        continue
+                readable.append(sub)
+            if state.poked:
+                continue  # something changed while connecting: look again
+            with anyio.CancelScope(deadline=wake_at) as scope:
+                me.scope = scope
+                try:
+                    if len(readable) == 1:
+                        await self._pump(state, readable[0], me)
+                    elif readable:
+                        async with anyio.create_task_group() as tg:
+                            for sub in readable:
+                                tg.start_soon(self._pump_until_any_stops, state, sub, me, tg)
+                    else:
+                        await anyio.sleep_forever()
+                finally:
+                    me.scope = None
+
+    async def _pump_until_any_stops(
+        self, state: _LoopState, sub: Subscriber, me: _Waiter, tg: anyio.abc.TaskGroup
+    ) -> None:
+        await self._pump(state, sub, me)
+        tg.cancel_scope.cancel()
+
+    async def _pump(self, state: _LoopState, sub: Subscriber, me: _Waiter) -> None:
+        """Write what is pending and handle pushes from ``sub`` until ``me`` is
+        finished; a broken connection is dropped (the caller reconnects)."""
+        conn = sub.conn
+        assert conn is not None
+        interval = self.health_check_interval
+        try:
+            while not me.done:
+                now = _monotonic()
+                pinged_at = sub.pinged_at
+                if pinged_at is None:
+                    due = sub.last_heard + interval
+                else:
+                    due = pinged_at + self.socket_timeout
+                if due <= now:
+                    if pinged_at is not None:
+                        raise TimeoutError(f"no answer to PING within {self.socket_timeout:g}s")
+                    await sub.ping(self.socket_timeout)
+                    continue
+                with anyio.move_on_after(due - now) as quiet:
+                    refresh_at = now + 1.0
+                    while not me.done:
+                        if sub.has_writes:
+                            await sub.flush(self.socket_timeout)
+                        reply = await conn.read_reply()
+                        now = sub.last_heard = _monotonic()
+                        if sub.pinged_at is not None or now >= refresh_at:
+                            # Heard from: push the silence deadline on (at most
+                            # once a second, unless a PING was waiting).
+                            sub.pinged_at = None
+                            quiet.deadline = anyio.current_time() + interval
+                            refresh_at = now + 1.0
+                        self._on_push(state, sub, reply)
+        except _READER_FAILURES as exc:
+            await self._lost(state, sub, conn, exc)
+
+    def _on_push(self, state: _LoopState, sub: Subscriber, reply: Any) -> None:
+        outer, state.in_reader = state.in_reader, True
+        try:
+            if type(reply) is list and reply:
+                kind = reply[0]
+                if kind == b"message" and len(reply) == 3:
+                    self._dispatch(state, reply[1], reply[2])
+                    return
+                if kind in (b"subscribe", b"unsubscribe") and len(reply) == 3:
+                    released, resubscribed = sub.confirmed(kind, reply[1])
+                    for waiter in released:
+                        self._finish(state, waiter)
+                    if resubscribed:
+                        self._resubscribed(state, sub)
+                    return
+                if kind == b"pong":
+                    return
+            elif reply == b"PONG":  # a PING answered outside subscribed mode
+                return
+            if isinstance(reply, ReplyError):
+                raise _Refused(str(reply))
+            raise ProtocolError(f"unexpected message on a subscribed connection: {reply!r}")
+        finally:
+            state.in_reader = outer
+
+    def _dispatch(self, state: _LoopState, topic: bytes, data: bytes) -> None:
+        """Hand one published message, still serialised, to its local
+        channel(s): the waiting receiver, else the queue. Members of a group
+        share the bytes; each receiver decodes its own copy."""
+        plen = self._plen
+        kind = topic[plen : plen + 3]
+        now = _monotonic()
+        if state.heap and state.heap[0][0] <= now:
+            self._sweep(state, now)
+        channels = state.channels
+        targets: list[_Channel] = []
+        payload: bytes | memoryview = data
+        try:
+            if kind == b"pr:":
+                bar = data.index(b"|")
+                rec = channels.get(data[:bar].decode())
+                payload = memoryview(data)[bar + 1 :]
+                if rec is not None:
+                    targets.append(rec)
+            elif kind == b"gr:":
+                group = topic[plen + 3 :].decode()
+                members = state.groups.get(group)
+                if members:
+                    expired: list[str] = []
+                    for name, until in members.items():
+                        if until <= now:
+                            expired.append(name)
+                        else:
+                            rec = channels.get(name)
+                            if rec is not None:
+                                targets.append(rec)
+                    for name in expired:
+                        self._leave(state, group, name)
+            elif kind == b"ch:":
+                rec = channels.get(topic[plen + 3 :].decode())
+                if rec is not None:
+                    targets.append(rec)
+        except (ValueError, UnicodeDecodeError):
+            logger.warning("Dropped a malformed message on %r", topic)
+            return
+        if not targets:
+            logger.debug("Dropped a message on %r: no local receiver", topic)
+            return
+        for rec in targets:
+            self._deliver(state, rec, payload, now)
+
+    def _deliver(
+        self, state: _LoopState, rec: _Channel, message: _Pending, now: float, front: bool = False
+    ) -> None:
+        """Give ``message`` to ``rec``'s first waiting receiver, else queue it.
+        A full queue drops the new message (as a full channel refuses one);
+        ``front`` (a message a cancelled receiver gives back) always fits."""
+        waiters = rec.waiters
+        if waiters:
+            waiter = waiters.popleft()
+            waiter.message = message
+            self._finish(state, waiter)
+            return
+        queue = rec.queue
+        if not front:
+            if len(queue) >= rec.capacity:
+                logger.debug(
+                    "Dropped a message for %r: its queue is full (%d)", rec.name, rec.capacity
+                )
+                return
+            if state.buffered >= self.max_buffered:
+                logger.debug(
+                    "Dropped a message for %r: the process holds max_buffered=%d messages",
+                    rec.name,
+                    self.max_buffered,
+                )
+                return
+            queue.append((now + self.expiry, message))
+        else:
+            queue.appendleft((now + self.expiry, message))
+        state.buffered += 1
+        self._schedule(state, rec, queue[0][0])
+
+    # -- connections ------------------------------------------------------------------------
+
+    async def _connect(self, state: _LoopState, sub: Subscriber) -> None:
+        """Open ``sub``'s connection and re-subscribe its topics, or note the failure."""
+        try:
+            await sub.connect(self.connect_timeout, self.socket_timeout)
+        except _READER_FAILURES as exc:
+            self._connect_failed(state, sub, exc)
+            return
+        sub.delay = 0.0
+        if sub.outage_since is not None:
+            logger.warning(
+                "Redis at %s is reachable again after %.1fs; re-subscribing %d topic(s)",
+                sub.describe(),
+                sub.outage_seconds(),
+                len(sub.wanted),
+            )
+            sub.outage_since = None
+        if not sub.wanted:
+            self._resubscribed(state, sub)
+
+    def _connect_failed(self, state: _LoopState, sub: Subscriber, exc: BaseException) -> None:
+        now = anyio.current_time()
+        sub.last_error = exc
+        if sub.outage_since is None:
+            sub.outage_since = _monotonic()
+        if not sub.delay:  # the first failed attempt of this outage
+            logger.warning(
+                "Redis at %s is unreachable (%r); receivers will keep retrying",
+                sub.describe(),
+                exc,
+            )
+        sub.delay = self.backoff_min if not sub.delay else min(sub.delay * 2, self.backoff_max)
+        sub.retry_at = now + sub.delay * random.uniform(0.75, 1.25)
+        # Callers waiting for a subscription give up once the budget is spent.
+        outer, state.in_reader = state.in_reader, True
+        try:
+            for topic, waiters in list(sub.waiters.items()):
+                keep = []
+                for waiter in waiters:
+                    if waiter.started + self.retry_budget <= now:
+                        waiter.error = exc
+                        self._finish(state, waiter)
+                    else:
+                        keep.append(waiter)
+                if keep:
+                    sub.waiters[topic] = keep
+                else:
+                    del sub.waiters[topic]
+        finally:
+            state.in_reader = outer
+
+    async def _lost(
+        self, state: _LoopState, sub: Subscriber, conn: Connection, exc: BaseException
+    ) -> None:
+        """A connection that was up broke: drop it, reconnect at once, and tell
+        local channels (``on_disconnect``) that messages may have been missed."""
+        if sub.conn is not conn:
+            return  # closed on purpose by close()
+        await sub.disconnect()
+        sub.last_error = exc
+        sub.retry_at = 0.0
+        sub.delay = 0.0
+        if sub.outage_since is None:
+            sub.outage_since = _monotonic()
+        logger.warning(
+            "Lost the Pub/Sub connection to Redis at %s (%r); reconnecting. "
+            "Messages published until it is back are lost.",
+            sub.describe(),
+            exc,
+        )
+        if not sub.lost_connection:
+            sub.lost_connection = True
+            self._notify(state, sub.index, self.on_disconnect)
+
+    def _resubscribed(self, state: _LoopState, sub: Subscriber) -> None:
+        if sub.lost_connection:
+            sub.lost_connection = False
+            self._notify(state, sub.index, self.on_reconnect)
+
+    def _notify(self, state: _LoopState, index: int, message_type: str | None) -> None:
+        """Queue ``{"type": message_type}`` for every local channel whose
+        messages come through server ``index`` (its own topic or a group's)."""
+        if not message_type:
+            return
+        now = _monotonic()
+        ring = self.ring_size
+        outer, state.in_reader = state.in_reader, True
+        try:
+            for rec in list(state.channels.values()):
+                if (
+                    ring == 1
+                    or rec.shard == index
+                    or any(shard_index(g, ring) == index for g in rec.groups)
+                ):
+                    self._deliver(state, rec, {"type": message_type}, now)
+        finally:
+            state.in_reader = outer
+
+    async def _subscribed(self, state: _LoopState, index: int, topic: bytes, what: str) -> None:
+        """Return once ``topic`` is subscribed on server ``index``: at once if it
+        already is, else when Redis has confirmed it. Raises
+        :class:`~.core.RedisUnavailable` when Redis stayed unreachable for
+        ``retry_budget`` seconds, or gave no confirmation within
+        ``retry_budget + socket_timeout``."""
+        sub = state.subscribers[index]
+        if sub.want(topic):
+            return
+        waiter = _Waiter(None)
+        waiter.started = anyio.current_time()
+        sub.waiters.setdefault(topic, []).append(waiter)
+        self._poke(state)
+        limit = self.retry_budget + self.socket_timeout
+        try:
+            with anyio.move_on_after(limit):
+                await self._wait(state, waiter)
+        finally:
+            if not waiter.done or waiter.error is not None:
+                waiting = sub.waiters.get(topic)
+                if waiting is not None and waiter in waiting:
+                    waiting.remove(waiter)
+                    if not waiting:
+                        del sub.waiters[topic]
+        if waiter.done and waiter.error is None:
+            return
+        error = waiter.error or sub.last_error
+        reason = (
+            f"unreachable for {self.retry_budget:g}s"
+            if waiter.error is not None
+            else f"no confirmation within {limit:g}s"
+        )
+        raise RedisUnavailable(
+            f"Redis at {sub.describe()} is unavailable for {what}: {error!r} ({reason})"
+        ) from error
+
+    # -- groups ---------------------------------------------------------------------------
+
+    async def group_add(self, group: str, channel: str) -> None:
+        """Make ``channel`` (received on in this process) a member of ``group``
+        here, for ``group_expiry`` seconds (adding again renews it).
+
+        Returns once this process is subscribed to the group, so a
+        ``group_send`` from anywhere after that reaches the channel. Membership
+        is local: only this process knows it, and it ends with the process.
+        """
+        self.require_valid_group_name(group)
+        self.require_valid_channel_name(channel)
+        state = self._state()
+        now = _monotonic()
+        if state.heap and state.heap[0][0] <= now:
+            self._sweep(state, now)
+        rec = state.channels.get(channel)
+        if rec is None:
+            rec = self._open(state, channel, now)
+        members = state.groups.get(group)
+        if members is None:
+            members = state.groups[group] = {}
+        added = channel not in members
+        members[channel] = now + self.group_expiry
+        if added:
+            state.memberships += 1
+            rec.groups.add(group)
+        state.group_adds += 1
+        if state.group_adds >= max(1024, state.memberships):
+            # Amortised over the calls that made them: drop expired memberships
+            # of groups that no message comes through any more.
+            state.group_adds = 0
+            for name, group_members in list(state.groups.items()):
+                for member, until in list(group_members.items()):
+                    if until <= now:
+                        self._leave(state, name, member)
+        topic, index = self._group_topic(group)
+        try:
+            await self._subscribed(state, index, topic, f"group_add to {group!r}")
+        except BaseException:
+            if added:
+                self._leave(state, group, channel)
+            raise
+
+    async def group_discard(self, group: str, channel: str) -> None:
+        """Remove ``channel`` from ``group`` in this process (no error if it is
+        not a member). Does not wait for Redis, and so never fails on it."""
+        self.require_valid_group_name(group)
+        self.require_valid_channel_name(channel)
+        self._leave(self._state(), group, channel)
+
+    def _leave(self, state: _LoopState, group: str, channel: str) -> None:
+        members = state.groups.get(group)
+        if members is None or members.pop(channel, None) is None:
+            return
+        state.memberships -= 1
+        rec = state.channels.get(channel)
+        if rec is not None:
+            rec.groups.discard(group)
+            if not rec.groups and not rec.waiters:
+                self._schedule(state, rec, rec.last_active + self.expiry)
+        if not members:
+            del state.groups[group]
+            topic, index = self._group_topic(group)
+            self._unwant(state, index, topic)
+
+    # -- flush and close -------------------------------------------------------------------
+
+    async def flush(self) -> None:
+        """Drop this event loop's queued messages, group memberships and idle
+        channels (Redis stores nothing to delete). Receivers already waiting
+        keep waiting, and get the next message sent to their channel."""
+        self._clear(self._state())
+
+    def _clear(self, state: _LoopState) -> None:
+        for group in list(state.groups):
+            for channel in list(state.groups.get(group, ())):
+                self._leave(state, group, channel)
+        for rec in list(state.channels.values()):
+            state.buffered -= len(rec.queue)
+            rec.queue.clear()
+            if not rec.waiters:
+                self._drop(state, rec)
+        state.heap.clear()
+        for rec in state.channels.values():
+            rec.scheduled = False
+        state.group_adds = 0
+
+    async def close(self) -> None:
+        """Flush, and close this event loop's connections. Safe to call more
+        than once; the layer stays usable (later calls connect again).
+        Receivers still waiting keep their subscriptions, on a new connection."""
+        token = anyio.lowlevel.current_token().native_token
+        self._reap_dead_loops()
+        state = self._states.get(token)
+        if state is None:
+            return
+        self._clear(state)
+        self._poke(state)
+        for pool in state.pools:
+            await pool.close()
+        for sub in state.subscribers:
+            await sub.disconnect()
+        if not state.waiters:
+            self._states.pop(token, None)
+            if self._last is state:
+                self._last = None
