@@ -284,12 +284,16 @@ class _Local:
     dropped, as a full channel drops a message in the in-memory layer.
     """
 
-    __slots__ = ("buffered", "buffers", "heap", "reader", "seq", "waiters")
+    __slots__ = ("blocked", "buffered", "buffers", "heap", "reader", "seq", "waiters")
 
     def __init__(self) -> None:
         self.buffers: dict[str, deque[tuple[float, Any]]] = {}
         self.waiters: dict[str, deque[_Waiter]] = {}
         self.reader: _Waiter | None = None
+        #: Around the reader's ``BLPOP`` while it waits in it: cancelled when a
+        #: message is given back to the reader, which would otherwise see it only
+        #: when the ``BLPOP`` returns, up to ``blpop_timeout`` later.
+        self.blocked: anyio.CancelScope | None = None
         self.heap: list[tuple[float, int, str, deque[tuple[float, Any]]]] = []
         self.buffered = 0
         self.seq = 0
@@ -340,6 +344,10 @@ class _Local:
             waiter.message = message
             waiter.deadline = deadline
             waiter.event.set()
+            if front and waiter is self.reader and self.blocked is not None:
+                # Given back to the reader, blocked in BLPOP: interrupt it (that
+                # loses nothing, see ``_pop_blocking``) so that it takes it now.
+                self.blocked.cancel()
             return True
         buf = self.buffers.get(channel)
         if not front and (self.buffered >= limit or (buf is not None and len(buf) >= capacity)):
@@ -865,7 +873,8 @@ class RedisChannelLayer(BaseChannelLayer):
             local.withdraw(waiter)
             if waiter.message is not None and waiter.deadline > _monotonic():
                 # Handed a message but cancelled before taking it: the next
-                # receiver gets it, ahead of anything buffered later.
+                # receiver gets it, ahead of anything buffered later (at once
+                # if that is the reader: ``deliver`` interrupts its BLPOP).
                 local.deliver(
                     channel, waiter.message, waiter.deadline, 0, self.max_buffered, front=True
                 )
@@ -890,14 +899,22 @@ class RedisChannelLayer(BaseChannelLayer):
         async def salvage(element: bytes) -> None:
             self._dispatch(state, shard, element)
 
+        local = state.local
         delay = self.backoff_min
         batch = True
         while me.message is None:
             await anyio.lowlevel.checkpoint_if_cancelled()
             try:
                 elements = await self._pop_batch(shard, key) if batch else []
-                if not elements:
-                    element = await self._pop_blocking(shard, key, salvage)
+                # A cancelled receiver may have given ``me`` a message meanwhile;
+                # from here on, giving one back interrupts the BLPOP (``deliver``).
+                if not elements and me.message is None:
+                    element = None
+                    try:
+                        with anyio.CancelScope() as local.blocked:
+                            element = await self._pop_blocking(shard, key, salvage)
+                    finally:
+                        local.blocked = None
                     elements = [element] if element is not None else []
                     batch = element is not None
             except _FAILURES as exc:

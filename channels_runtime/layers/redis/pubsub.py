@@ -87,6 +87,7 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 
+from ...compat.wakeup import Wakeup, new_wakeup
 from ..base import BaseChannelLayer, CapacityPattern, Message
 from .core import RedisUnavailable
 from .hosts import (
@@ -183,6 +184,10 @@ class _Waiter:
     It is finished (``done``) with a message, or with an ``error`` (a
     subscription that Redis did not confirm in time); until then it may be
     handed the reader's job. ``scope`` is its read scope while it reads.
+    ``event`` wakes it while it is parked: a one-waiter wake-up (see
+    :mod:`channels_runtime.compat.wakeup`), cheaper to make than an
+    ``anyio.Event``; one cancelled after being woken may still raise, which
+    ``_wait`` handles by giving a handed-over message back.
     """
 
     __slots__ = ("channel", "done", "error", "event", "message", "scope", "started")
@@ -192,7 +197,7 @@ class _Waiter:
         self.done = False
         self.error: BaseException | None = None
         self.message: _Pending | None = None
-        self.event: anyio.Event | None = None
+        self.event: Wakeup | None = None
         self.scope: anyio.CancelScope | None = None
         self.started = 0.0
 
@@ -720,7 +725,7 @@ class RedisPubSubChannelLayer(BaseChannelLayer):
                 if state.reader is me:
                     await self._read(state, me)
                 else:
-                    event = me.event = anyio.Event()
+                    event = me.event = new_wakeup()
                     await event.wait()
         except BaseException:
             state.waiters.pop(me, None)
