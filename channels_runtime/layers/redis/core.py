@@ -280,8 +280,17 @@ class _Local:
 
     Buffers are bounded three ways: each by its channel's capacity, all
     together by ``max_buffered``, and in time by message expiry, swept lazily
-    through a heap of (next deadline, buffer). A message that does not fit is
-    dropped, as a full channel drops a message in the in-memory layer.
+    through a heap of (next deadline, seq, channel name). A message for a full
+    channel is dropped, as a full channel drops a message in the in-memory
+    layer. When the total is reached, the oldest buffered message of any
+    channel makes room instead: otherwise channels nobody receives on would
+    fill the buffer and starve the live ones until their messages expired.
+
+    Heap entries name a channel rather than hold its buffer, so a buffer that
+    is emptied is freed at once; entries whose buffer has gone are skipped,
+    and the heap is rebuilt from the live buffers whenever stale entries
+    outnumber them, so it stays proportional to what is buffered, not to the
+    message rate.
     """
 
     __slots__ = ("blocked", "buffered", "buffers", "heap", "reader", "seq", "waiters")
@@ -294,25 +303,60 @@ class _Local:
         #: message is given back to the reader, which would otherwise see it only
         #: when the ``BLPOP`` returns, up to ``blpop_timeout`` later.
         self.blocked: anyio.CancelScope | None = None
-        self.heap: list[tuple[float, int, str, deque[tuple[float, Any]]]] = []
+        self.heap: list[tuple[float, int, str]] = []
         self.buffered = 0
         self.seq = 0
 
     def sweep(self, now: float) -> None:
-        heap = self.heap
         buffers = self.buffers
-        while heap and heap[0][0] <= now:
-            _, _, name, buf = heapq.heappop(heap)
-            if buffers.get(name) is not buf:
-                continue  # emptied and replaced since
+        # self.heap is re-read on every turn: _schedule() may rebuild it.
+        while self.heap and self.heap[0][0] <= now:
+            _, _, name = heapq.heappop(self.heap)
+            buf = buffers.get(name)
+            if buf is None:
+                continue  # emptied since
             while buf and buf[0][0] <= now:
                 buf.popleft()
                 self.buffered -= 1
             if buf:
-                self.seq += 1
-                heapq.heappush(heap, (buf[0][0], self.seq, name, buf))
+                self._schedule(name, buf[0][0])
             else:
                 del buffers[name]
+
+    def _schedule(self, name: str, deadline: float) -> None:
+        """Put ``name``'s next deadline on the heap, rebuilding it if mostly stale."""
+        heap = self.heap
+        if len(heap) > 2 * len(self.buffers) + 64:
+            # Entries for buffers that have been emptied pile up at the message
+            # rate; drop them all by rebuilding from the live buffers (O(n),
+            # amortised over the n pushes that made them stale).
+            entries = []
+            for live_name, buf in self.buffers.items():
+                self.seq += 1
+                entries.append((buf[0][0], self.seq, live_name))
+            heapq.heapify(entries)
+            self.heap = heap = entries
+        self.seq += 1
+        heapq.heappush(heap, (deadline, self.seq, name))
+
+    def _evict_oldest(self) -> bool:
+        """Drop the oldest buffered message of any channel; False if none is buffered."""
+        heap = self.heap
+        buffers = self.buffers
+        while heap:
+            _, _, name = heapq.heappop(heap)
+            buf = buffers.get(name)
+            if buf is None:
+                continue
+            buf.popleft()
+            self.buffered -= 1
+            logger.debug("Dropped the oldest buffered message, for %r: buffers are full", name)
+            if buf:
+                self._schedule(name, buf[0][0])
+            else:
+                del buffers[name]
+            return True
+        return False
 
     def take(self, channel: str, now: float) -> Any:
         """The oldest live buffered message of ``channel``, or ``None``."""
@@ -350,8 +394,13 @@ class _Local:
                 self.blocked.cancel()
             return True
         buf = self.buffers.get(channel)
-        if not front and (self.buffered >= limit or (buf is not None and len(buf) >= capacity)):
-            return False
+        if not front:
+            if buf is not None and len(buf) >= capacity:
+                return False
+            while self.buffered >= limit and self._evict_oldest():
+                buf = self.buffers.get(channel)  # eviction may have emptied it
+            if self.buffered >= limit:
+                return False  # limit < 1: nothing can be buffered
         if buf is None:
             buf = self.buffers[channel] = deque()
         if front:
@@ -360,8 +409,7 @@ class _Local:
             buf.append((deadline, message))
         self.buffered += 1
         if len(buf) == 1 or front:
-            self.seq += 1
-            heapq.heappush(self.heap, (buf[0][0], self.seq, channel, buf))
+            self._schedule(channel, buf[0][0])
         return True
 
     def withdraw(self, waiter: _Waiter) -> None:
