@@ -107,12 +107,14 @@ def _track_already_open() -> None:
     per-thread, so only the importing thread's can be seen here; other threads
     in practice open theirs later, through the signal.
     """
+    from django.conf import settings
     from django.db import connections
 
-    try:
-        wrappers = connections.all(initialized_only=True)
-    except Exception:  # settings not configured yet: nothing can be open
+    if not settings.configured:
+        # Nothing can be open yet, and reading DATABASES now would configure
+        # settings from DJANGO_SETTINGS_MODULE behind the importer's back.
         return
+    wrappers = connections.all(initialized_only=True)
     for wrapper in wrappers:
         if wrapper.connection is not None:
             _track_connection(sender=type(wrapper), connection=wrapper)

@@ -104,3 +104,43 @@ async def _until(condition: Callable[[], bool]) -> None:
             return
         await anyio.sleep(0.001)
     raise AssertionError("condition not reached in 5 s")
+
+
+async def test_the_oldest_message_is_evicted_even_after_receivers_took_some(
+    server: RedisServer, anyio_backend: Any
+) -> None:
+    """The heap still holds a channel's first deadline after its receiver took
+    the first messages; eviction must go by the real oldest message."""
+    prefix = "b" + uuid.uuid4().hex[:10]
+    layer = RedisChannelLayer(hosts=[server.url], prefix=prefix, max_buffered=3)
+    sender = RedisChannelLayer(hosts=[server.url], prefix=prefix)
+    try:
+        live, abandoned, idle = [await layer.new_channel() for _ in range(3)]
+        with anyio.fail_after(20):
+            async with anyio.create_task_group() as group:
+                group.start_soon(layer.receive, idle)  # reads while nobody else waits
+                await anyio.wait_all_tasks_blocked()
+                local = _local(layer)
+                # L0, A0, L1 in that order, each in its own millisecond.
+                for channel, name in ((live, "L0"), (abandoned, "A0"), (live, "L1")):
+                    await sender.send(channel, {"type": "m", "name": name})
+                    await anyio.sleep(0.005)
+                await _until(lambda: local.buffered == 3)
+                assert (await layer.receive(live))["name"] == "L0"
+                # Buffered now: A0 (the oldest) and L1. Two more fill the buffer
+                # and then overflow it: A0 must make room, not the younger L1.
+                for name in ("A1", "A2"):
+                    await sender.send(abandoned, {"type": "m", "name": name})
+                    await anyio.sleep(0.005)
+                await _until(lambda: _names(local, abandoned)[-1:] == ["A2"])
+                assert _names(local, abandoned) == ["A1", "A2"]
+                assert (await layer.receive(live))["name"] == "L1"
+                await sender.send(idle, {"type": "done"})
+    finally:
+        await layer.flush()
+        await layer.close()
+        await sender.close()
+
+
+def _names(local: Any, channel: str) -> list[str]:
+    return [message["name"] for _, message in local.buffers.get(channel, ())]

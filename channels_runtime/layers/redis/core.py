@@ -341,12 +341,16 @@ class _Local:
 
     def _evict_oldest(self) -> bool:
         """Drop the oldest buffered message of any channel; False if none is buffered."""
-        heap = self.heap
         buffers = self.buffers
-        while heap:
-            _, _, name = heapq.heappop(heap)
+        while self.heap:
+            deadline, _, name = heapq.heappop(self.heap)
             buf = buffers.get(name)
             if buf is None:
+                continue
+            if buf[0][0] > deadline:
+                # Stale: receivers have taken this entry's message since. Its
+                # channel's head is younger, so re-file it by its real age.
+                self._schedule(name, buf[0][0])
                 continue
             buf.popleft()
             self.buffered -= 1
