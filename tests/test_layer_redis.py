@@ -452,6 +452,9 @@ async def test_local_buffers_have_a_total_cap(make_layer: Any) -> None:
         busy = await layer.new_channel()
         for channel in idle:
             await layer.send(channel, {"to": channel})
+            # Deadlines have millisecond precision: give each message its own, so
+            # "oldest" is well defined.
+            await anyio.sleep(0.005)
         await layer.send(busy, {})
         await receive_within(layer, busy)
         assert layer._state().local.buffered == 3
