@@ -42,13 +42,12 @@ from .hosts import (
     HostSpec,
     SentinelError,
     ServerTime,
-    decode_hosts,
     describe_all,
     open_connection,
     shard_index,
 )
 from .protocol import CONNECTION_ERRORS, Connection, ReplyError, encode_command
-from .serializer import MessageSerializer
+from .settings import RedisSettings
 
 __all__ = ["RedisChannelLayer", "RedisUnavailable"]
 
@@ -462,7 +461,7 @@ class _LoopState:
         self.local = _Local()
 
 
-class RedisChannelLayer(BaseChannelLayer):
+class RedisChannelLayer(RedisSettings, BaseChannelLayer):
     """A channel layer stored in Redis, configured like channels_redis.
 
     ``CHANNEL_LAYERS = {"default": {"BACKEND":
@@ -510,42 +509,21 @@ class RedisChannelLayer(BaseChannelLayer):
         max_buffered: int = 10_000,
     ) -> None:
         super().__init__(expiry=expiry, capacity=capacity, channel_capacity=channel_capacity)
-        if not isinstance(prefix, str) or not prefix:
-            raise ValueError(f"prefix must be a non-empty string, got {prefix!r}")
-        if group_expiry <= 0:
-            raise ValueError(
-                f"group_expiry must be a positive number of seconds, got {group_expiry!r}"
-            )
-        if serializer_format != "msgpack":
-            raise ValueError(
-                f"serializer_format {serializer_format!r} is not supported; only 'msgpack' is"
-            )
-        for name, value in (
-            ("connect_timeout", connect_timeout),
-            ("socket_timeout", socket_timeout),
-            ("max_connections", max_connections),
-            ("max_buffered", max_buffered),
-        ):
-            if value <= 0:
-                raise ValueError(f"{name} must be positive, got {value!r}")
-        if retry_budget < 0:
-            raise ValueError(f"retry_budget must not be negative, got {retry_budget!r}")
-        if max_message_size is not None and max_message_size <= 0:
-            raise ValueError(f"max_message_size must be positive or None, got {max_message_size!r}")
-        self.hosts = decode_hosts(hosts)
-        self.ring_size = len(self.hosts)
-        self.prefix = prefix
-        self.group_expiry = group_expiry
-        self.random_prefix_length = random_prefix_length
-        self.max_message_size = max_message_size
-        self.max_connections = max_connections
-        self.connect_timeout = connect_timeout
-        self.socket_timeout = socket_timeout
-        self.retry_budget = retry_budget
-        self.max_buffered = max_buffered
-        self._serializer = MessageSerializer(
-            symmetric_encryption_keys, expiry=expiry, max_message_size=max_message_size
+        self._configure_redis(
+            hosts=hosts,
+            prefix=prefix,
+            expiry=expiry,
+            group_expiry=group_expiry,
+            symmetric_encryption_keys=symmetric_encryption_keys,
+            serializer_format=serializer_format,
+            max_message_size=max_message_size,
+            max_connections=max_connections,
+            connect_timeout=connect_timeout,
+            socket_timeout=socket_timeout,
+            retry_budget=retry_budget,
+            max_buffered=max_buffered,
         )
+        self.random_prefix_length = random_prefix_length
         self._expiry_ms = int(expiry * 1000)
         # Lists live until their newest message's deadline, plus a margin.
         self._ttl_ms = self._expiry_ms + 1000

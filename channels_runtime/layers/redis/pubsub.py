@@ -73,7 +73,6 @@ from __future__ import annotations
 import heapq
 import logging
 import math
-import numbers
 import os
 import random
 import string
@@ -94,13 +93,12 @@ from .hosts import (
     HostSpec,
     SentinelError,
     ServerTime,
-    decode_hosts,
     describe_all,
     open_connection,
     shard_index,
 )
 from .protocol import CONNECTION_ERRORS, Connection, ProtocolError, ReplyError
-from .serializer import MessageSerializer
+from .settings import RedisSettings, check_positive
 from .subscriber import Subscriber
 
 __all__ = ["RedisPubSubChannelLayer"]
@@ -326,22 +324,7 @@ class _LoopState:
             pool.abandon()
 
 
-def _positive(name: str, value: Any, *, integer: bool = False, zero: bool = False) -> None:
-    """Raise ``ValueError`` naming the setting unless ``value`` is a positive
-    number (an integer if asked; zero allowed if asked)."""
-    kind = numbers.Integral if integer else numbers.Real
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, kind)
-        or (value < 0 if zero else value <= 0)
-        or (not integer and not math.isfinite(value))
-    ):
-        what = "integer" if integer else "number"
-        bound = "zero or more" if zero else "positive"
-        raise ValueError(f"{name} must be a {bound} {what}, got {value!r}")
-
-
-class RedisPubSubChannelLayer(BaseChannelLayer):
+class RedisPubSubChannelLayer(RedisSettings, BaseChannelLayer):
     """A channel layer on Redis Pub/Sub, configured like channels_redis's.
 
     Lower latency than :class:`~.core.RedisChannelLayer` and nothing stored in
@@ -386,43 +369,30 @@ class RedisPubSubChannelLayer(BaseChannelLayer):
         retry_budget: float = 2.0,
         max_buffered: int = 10_000,
     ) -> None:
-        _positive("expiry", expiry)
+        check_positive("expiry", expiry)
         super().__init__(expiry=expiry, capacity=capacity, channel_capacity=channel_capacity)
-        if not isinstance(prefix, str) or not prefix:
-            raise ValueError(f"prefix must be a non-empty string, got {prefix!r}")
         for name, value in (("on_disconnect", on_disconnect), ("on_reconnect", on_reconnect)):
             if value is not None and (not isinstance(value, str) or not value):
                 raise ValueError(
                     f"{name} must be a message type string such as 'redis.disconnect' "
                     f"(sent to local channels), got {value!r}"
                 )
-        if serializer_format != "msgpack":
-            raise ValueError(
-                f"serializer_format {serializer_format!r} is not supported; only 'msgpack' is"
-            )
-        _positive("group_expiry", group_expiry)
-        _positive("max_connections", max_connections, integer=True)
-        _positive("max_buffered", max_buffered, integer=True)
-        _positive("connect_timeout", connect_timeout)
-        _positive("socket_timeout", socket_timeout)
-        _positive("retry_budget", retry_budget, zero=True)
-        if max_message_size is not None:
-            _positive("max_message_size", max_message_size, integer=True)
-        self.hosts = decode_hosts(hosts)
-        self.ring_size = len(self.hosts)
-        self.prefix = prefix
+        self._configure_redis(
+            hosts=hosts,
+            prefix=prefix,
+            expiry=expiry,
+            group_expiry=group_expiry,
+            symmetric_encryption_keys=symmetric_encryption_keys,
+            serializer_format=serializer_format,
+            max_message_size=max_message_size,
+            max_connections=max_connections,
+            connect_timeout=connect_timeout,
+            socket_timeout=socket_timeout,
+            retry_budget=retry_budget,
+            max_buffered=max_buffered,
+        )
         self.on_disconnect = on_disconnect
         self.on_reconnect = on_reconnect
-        self.group_expiry = group_expiry
-        self.max_message_size = max_message_size
-        self.max_connections = max_connections
-        self.connect_timeout = connect_timeout
-        self.socket_timeout = socket_timeout
-        self.retry_budget = retry_budget
-        self.max_buffered = max_buffered
-        self._serializer = MessageSerializer(
-            symmetric_encryption_keys, expiry=expiry, max_message_size=max_message_size
-        )
         self._topic_prefix = f"{prefix}:".encode()
         self._plen = len(self._topic_prefix)
         self._channel_topics = self._topic_prefix + b"ch:"
