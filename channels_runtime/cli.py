@@ -1,7 +1,8 @@
 """The ``channels-runtime`` command: ``serve`` a project, or run a background ``worker``.
 
-Settings for ``serve`` come from three places, later ones winning: Hypercorn's
-defaults, a Hypercorn TOML file (``--config``, or ``./hypercorn.toml`` when it
+Settings for ``serve`` come from four places, later ones winning: Hypercorn's
+defaults, the safer ones of :data:`~channels_runtime.server.config.SERVE_DEFAULTS`,
+a Hypercorn TOML file (``--config``, or ``./hypercorn.toml`` when it
 exists), and the flags. Every value is checked before anything starts; a bad
 one is reported with its source, key and value, and the exit status is 2.
 """
@@ -18,6 +19,7 @@ from . import DEFAULT_CHANNEL_LAYER
 from .server.config import (
     DEFAULT_CONFIG_FILE,
     LOG_LEVELS,
+    SERVE_DEFAULTS,
     WORKER_CLASSES,
     ConfigError,
     check_setting,
@@ -202,7 +204,7 @@ def serve_settings(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]
     Returns the settings and the sources used (for messages). Raises ConfigError.
     """
     sources: list[str] = []
-    settings: dict[str, Any] = {}
+    settings: dict[str, Any] = dict(SERVE_DEFAULTS)
     path = args.config
     if path is None and os.path.isfile(DEFAULT_CONFIG_FILE):
         path = DEFAULT_CONFIG_FILE

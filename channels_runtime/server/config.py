@@ -28,6 +28,7 @@ from hypercorn.config import Config
 __all__ = [
     "DEFAULT_CONFIG_FILE",
     "LOG_LEVELS",
+    "SERVE_DEFAULTS",
     "SETTINGS",
     "WORKER_CLASSES",
     "ConfigError",
@@ -107,6 +108,12 @@ def _seconds(*, positive: bool = False) -> Checker:
         return float(value)
 
     return check
+
+
+def _ping_interval(value: Any) -> float | None:
+    """Seconds between pings; 0 turns pings off (Hypercorn's ``None``, which TOML cannot say)."""
+    seconds = _seconds()(value)
+    return seconds or None
 
 
 def _string_list(value: Any) -> list[str]:
@@ -251,11 +258,29 @@ SETTINGS: dict[str, Checker] = {
     "verify_flags": _verify_flags,
     "verify_mode": _verify_mode,
     "websocket_max_message_size": _integer(1),
-    "websocket_ping_interval": _seconds(positive=True),
+    "websocket_ping_interval": _ping_interval,
     "worker_class": _worker_class,
     # 0 is Hypercorn's "serve in this process"; channels-runtime does that for 1 too.
     "workers": _integer(0),
     "wsgi_max_body_size": _integer(1),
+    # channels-runtime's own settings (channels_runtime.compat.hypercorn_fixes.options);
+    # plain Hypercorn keeps them as attributes of its Config, where the fixes read them.
+    "websocket_ping_timeout": _seconds(),
+    "websocket_permessage_deflate": _boolean,
+    "write_timeout": _seconds(),
+}
+
+#: What ``channels-runtime serve`` uses where neither the file nor a flag says
+#: otherwise: limits a public server should have (Hypercorn's own defaults
+#: allow 16 MiB messages and never ping). ``docs/serving.md`` gives the memory
+#: each one bounds.
+SERVE_DEFAULTS: dict[str, Any] = {
+    "websocket_max_message_size": 1024 * 1024,
+    "max_app_queue_size": 10,
+    "websocket_ping_interval": 20.0,
+    "websocket_ping_timeout": 30.0,
+    "write_timeout": 30.0,
+    "websocket_permessage_deflate": False,
 }
 
 

@@ -30,6 +30,7 @@ import logging
 import signal
 import socket
 import threading
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,6 +40,8 @@ from anyio.abc import TaskStatus
 from hypercorn.config import Config, Sockets
 
 from ..asgi import ASGIApp
+from ..compat import hypercorn_fixes
+from ..compat.hypercorn_fixes import tcp as connections
 from ..compat.hypercorn_serve import serve_hypercorn
 from .shutdown import GracefulShutdown
 from .signals import SHUTDOWN_SIGNALS, first_of, open_shutdown_signals, signal_name
@@ -48,6 +51,10 @@ __all__ = ["ServeResult", "bind_sockets", "close_sockets", "serve", "serve_until
 logger = logging.getLogger("channels_runtime.server")
 
 ShutdownTrigger = Callable[[], Awaitable[object]]
+
+#: Seconds between cutting the connections still open at the end of
+#: ``graceful_timeout`` and cancelling the applications that still run.
+DISCONNECT_GRACE = 1.0
 
 
 def bind_sockets(config: Config) -> Sockets:
@@ -92,6 +99,10 @@ def _hand_over(config: Config, sockets: Sockets) -> Config:
     """
     handed = copy.copy(config)
     handed.create_sockets = lambda: sockets  # type: ignore[method-assign]
+    # serve_until cuts the connections still open when graceful_timeout runs out;
+    # Hypercorn's own cancellation comes DISCONNECT_GRACE later, so the consumers
+    # of those connections can still run their disconnect handlers.
+    handed.graceful_timeout = float(config.graceful_timeout) + DISCONNECT_GRACE
     # One worker on a loop someone else started: Hypercorn's serve() warns about
     # these settings, which only matter to whoever makes processes and loops.
     handed.workers = 1
@@ -146,21 +157,33 @@ async def serve_until(
             "Handling SIGINT/SIGTERM needs the main thread; pass a shutdown_trigger "
             "when serving from another thread"
         )
+    hypercorn_fixes.install()
     guard = GracefulShutdown(app)
     if sockets is None:
         sockets = bind_sockets(config)
     result = ServeResult(urls=socket_urls(sockets))
     hypercorn_config = _hand_over(config, sockets)
     stop_accepting = anyio.Event()
+    grace = float(config.graceful_timeout)
 
     async def supervise(received: Any, cancel_all: anyio.CancelScope) -> None:
         result.reason = await first_of(triggers, received)
         logger.info("Shutting down (%s)", result.reason)
+        deadline = time.monotonic() + grace
+        connections.set_shutdown_deadline(hypercorn_config, deadline)
         stop_accepting.set()
         async with anyio.create_task_group() as group:
             if received is not None:
                 group.start_soon(force_on_next_signal, received, cancel_all)
-            await guard.close_websockets(config.graceful_timeout)
+            await guard.close_websockets(grace)
+            with anyio.move_on_after(max(deadline - time.monotonic(), 0.0)):
+                await connections.wait_all_closed(hypercorn_config)
+            cut = connections.abort_all(hypercorn_config)
+            if cut:
+                logger.warning(
+                    "Closed %d connection(s) still open after graceful_timeout (%gs)", cut, grace
+                )
+            group.cancel_scope.cancel()
 
     async def force_on_next_signal(received: Any, cancel_all: anyio.CancelScope) -> None:
         async for signum in received:
@@ -168,6 +191,8 @@ async def serve_until(
                 "%s again: stopping now, without waiting for connections", signal_name(signum)
             )
             result.forced = True
+            connections.set_shutdown_deadline(hypercorn_config, time.monotonic())
+            connections.abort_all(hypercorn_config)
             cancel_all.cancel()
             return
 
@@ -196,6 +221,7 @@ async def serve_until(
             raise leaves[0] from None
         raise
     finally:
+        connections.set_shutdown_deadline(hypercorn_config, None)
         close_sockets(sockets)
     return result
 

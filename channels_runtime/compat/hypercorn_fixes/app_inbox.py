@@ -1,0 +1,165 @@
+"""The application's receive queue: bounded for data, never full for the disconnect.
+
+Hypercorn gives each application a queue of ``max_app_queue_size`` messages
+(default 10) and puts every client message on it with a blocking ``put``.
+That bound is what keeps a flooding client from growing the server's memory,
+but Hypercorn also puts the final ``websocket.disconnect``/``http.disconnect``
+through the same ``put``. Checked against Hypercorn 0.18.0, that
+deadlocks whenever the queue is full while the application is blocked in
+``send()``:
+
+* the application sends to a client that stopped reading, so its ``send()``
+  waits for the socket to drain;
+* the client sends more than the queue holds, so Hypercorn's reader waits in
+  ``put`` and stops reading;
+* the client resets the connection: the failing write makes Hypercorn deliver
+  the disconnect, from inside the application's own ``send()``, through the
+  full queue that only the application (blocked in that very ``send()``)
+  could empty.
+
+The application never learns that the client has gone: its task, its
+channel, its group memberships and its buffers stay until the server stops
+(and on trio the socket's descriptor too). Daphne delivers the disconnect.
+
+:class:`AppInbox` replaces that queue, keeping the bound for data messages
+and taking the disconnect at once, whatever is queued: the application reads
+the messages the client sent before it left, in order, then the disconnect,
+and ``receive()`` keeps answering with the disconnect after that. Messages
+that arrive after the disconnect are dropped, as they would be after any
+close.
+
+Installed by :func:`install` on both Hypercorn task groups (asyncio and
+trio), because both build their queue in ``TaskGroup.spawn_app``.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from channels_runtime.compat.wakeup import Wakeup, new_wakeup
+
+__all__ = ["AppInbox", "install"]
+
+_FINAL_TYPES = frozenset({"websocket.disconnect", "http.disconnect"})
+
+
+class AppInbox:
+    """Messages from the server to one application: at most ``capacity`` waiting.
+
+    :meth:`put` waits for room, except for a disconnect, which is kept aside
+    and never waits. :meth:`get` returns queued messages in order, then the
+    disconnect (again and again). Both are cancel-safe: a cancelled ``get``
+    takes nothing, a cancelled ``put`` adds nothing.
+    """
+
+    __slots__ = ("_capacity", "_final", "_getter", "_items", "_putters")
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = max(int(capacity), 1)
+        self._items: deque[dict[str, Any]] = deque()
+        self._final: dict[str, Any] | None = None
+        self._getter: Wakeup | None = None
+        self._putters: deque[Wakeup] = deque()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @property
+    def disconnected(self) -> bool:
+        """Whether the disconnect has been put (it may not have been read yet)."""
+        return self._final is not None
+
+    def _wake_getter(self) -> None:
+        getter = self._getter
+        if getter is not None:
+            self._getter = None
+            getter.set()
+
+    def _wake_putters(self) -> None:
+        # Every waiting put re-checks: room for one, or a disconnect for all.
+        putters, self._putters = self._putters, deque()
+        for putter in putters:
+            putter.set()
+
+    async def put(self, message: dict[str, Any]) -> None:
+        """Queue ``message`` for the application; wait for room unless it is the disconnect."""
+        if self._final is not None:
+            return  # the connection is over: nothing after the disconnect
+        if message.get("type") in _FINAL_TYPES:
+            self._final = message
+            self._wake_getter()
+            self._wake_putters()
+            return
+        while len(self._items) >= self._capacity:
+            waiter = new_wakeup()
+            self._putters.append(waiter)
+            try:
+                await waiter.wait()
+            finally:
+                try:
+                    self._putters.remove(waiter)
+                except ValueError:
+                    pass
+            if self._final is not None:
+                return
+        self._items.append(message)
+        self._wake_getter()
+
+    async def get(self) -> dict[str, Any]:
+        """The next message for the application (waits for one)."""
+        while True:
+            items = self._items
+            if items:
+                message = items.popleft()
+                if self._putters:
+                    self._wake_putters()
+                return message
+            final = self._final
+            if final is not None:
+                return final
+            waiter = self._getter = new_wakeup()
+            try:
+                await waiter.wait()
+            finally:
+                if self._getter is waiter:
+                    self._getter = None
+
+
+AppWrapper = Callable[..., Awaitable[None]]
+
+
+def _patch(task_group_class: Any) -> None:
+    original = task_group_class.spawn_app
+    if getattr(original, "_channels_runtime_inbox", False):
+        return
+
+    async def spawn_app(
+        self: Any, app: AppWrapper, config: Any, scope: Any, send: Any
+    ) -> Callable[[dict[str, Any]], Awaitable[None]]:
+        inbox = AppInbox(config.max_app_queue_size)
+
+        async def app_reading_inbox(
+            scope: Any, receive: Any, send: Any, sync_spawn: Any, call_soon: Any
+        ) -> None:
+            await app(scope, inbox.get, send, sync_spawn, call_soon)
+
+        await original(self, app_reading_inbox, config, scope, send)
+        return inbox.put
+
+    spawn_app._channels_runtime_inbox = True  # type: ignore[attr-defined]
+    spawn_app.__wrapped__ = original  # type: ignore[attr-defined]
+    task_group_class.spawn_app = spawn_app
+
+
+def install() -> None:
+    """Give every application Hypercorn starts an :class:`AppInbox` (idempotent)."""
+    from hypercorn.asyncio.task_group import TaskGroup as AsyncioTaskGroup
+
+    _patch(AsyncioTaskGroup)
+    try:
+        from hypercorn.trio.task_group import TaskGroup as TrioTaskGroup
+    except ImportError:  # trio is an optional extra
+        return
+    _patch(TrioTaskGroup)
