@@ -27,6 +27,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.urls.resolvers import RegexPattern, RoutePattern, URLPattern, URLResolver
 
 from .asgi import ASGIApp, Receive, Scope, Send
+from .compat import hypercorn_fixes
 from .compat.backend import ensure_bridge
 from .http import check_http_application
 from .layers.manager import channel_layers
@@ -109,6 +110,9 @@ class ProtocolTypeRouter:
         # coroutine-function ``__call__``. Django's async APIs need the bridge on trio.
         ensure_bridge()
         scope_type = scope["type"]
+        if scope_type == "lifespan":
+            # Under plain ``hypercorn`` this is the first call, before any connection.
+            hypercorn_fixes.install_if_served_by_hypercorn()
         application = self.application_mapping.get(scope_type)
         if application is not None:
             if scope_type == "http":

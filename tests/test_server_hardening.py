@@ -18,7 +18,15 @@ from pathlib import Path
 
 import httpx
 import pytest
-from e2e_app.harness import Server, base_env, cli_command, read_events, wait_until
+from e2e_app.harness import (
+    REPO,
+    Server,
+    base_env,
+    cli_command,
+    hypercorn_command,
+    read_events,
+    wait_until,
+)
 from raw_websocket import RawWebSocket, http_request
 from websockets.sync.client import connect
 
@@ -367,5 +375,38 @@ def test_permessage_deflate_switch(
             client.send_text("compressed or not")
             echoed = [e for e in client.events(5) if hasattr(e, "data")]
             assert [event.data for event in echoed[:1]] == ["compressed or not"]
+    finally:
+        server.close()
+
+
+# -- plain Hypercorn ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("hypercorn_worker", WORKER_CLASSES)
+def test_plain_hypercorn_gets_the_fixes_at_lifespan_startup(
+    hypercorn_worker: str, tmp_path: Path
+) -> None:
+    """``hypercorn --config hypercorn.toml``: ProtocolTypeRouter installs the fixes."""
+    events = tmp_path / "events.txt"
+    config = ["--config", str(REPO / "hypercorn.toml"), "-k", hypercorn_worker]
+    server = Server(
+        [*hypercorn_command(), *config, "tests.e2e_app.asgi:application", "-b", "127.0.0.1:0"],
+        log_path=tmp_path / "hypercorn.log",
+        env=base_env(E2E_EVENTS_FILE=str(events)),
+    )
+    try:
+        server.start()
+        with RawWebSocket(server.url, "/ws/echo/") as client:
+            client.handshake()
+            client.send_close(4001)
+            assert client.close_code() == 4001
+        wait_until(lambda: disconnects(events), 10)
+        assert disconnects(events) == ["disconnect echo 4001"]
+        answer = http_request(server.url, _UPGRADE + b"GARBAGE")
+        assert answer.startswith(b"HTTP/1.1 400"), answer
+        healthy(server)
+        server.signal(signal.SIGTERM)
+        assert server.wait(15) == 0, server.log()
+        assert "Traceback" not in server.log()
     finally:
         server.close()

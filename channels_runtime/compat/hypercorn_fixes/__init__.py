@@ -31,10 +31,17 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 from importlib.metadata import PackageNotFoundError, version
 
-__all__ = ["CHECKED_VERSIONS", "DISABLE_VARIABLE", "install", "installed"]
+__all__ = [
+    "CHECKED_VERSIONS",
+    "DISABLE_VARIABLE",
+    "install",
+    "install_if_served_by_hypercorn",
+    "installed",
+]
 
 logger = logging.getLogger("channels_runtime.server")
 
@@ -85,3 +92,19 @@ def install() -> bool:
         tcp.install()
         _installed = True
     return True
+
+
+def install_if_served_by_hypercorn() -> bool:
+    """Install the fixes if this process runs a Hypercorn worker; return whether they are on.
+
+    Called by ``ProtocolTypeRouter`` for the lifespan scope, which a server
+    sends before it accepts connections: under plain ``hypercorn`` that is
+    the only point where channels-runtime code runs in time. A process
+    served by another server (Daphne, uvicorn) has not imported Hypercorn's
+    worker modules and is left alone.
+    """
+    if _installed:
+        return True
+    if "hypercorn.asyncio.run" in sys.modules or "hypercorn.trio.run" in sys.modules:
+        return install()
+    return False

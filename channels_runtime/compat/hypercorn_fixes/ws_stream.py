@@ -86,6 +86,7 @@ class WebSocketStream(WSStream):
         self.close_code: int | None = None
         self.close_reason: str = ""
         self._heard = False  # any frame from the peer since the last ping
+        self._refused = False  # the handshake was refused by the server itself
         self._closed_event: anyio.Event | None = None  # made when a task waits for the end
 
     # -- what the application is told ---------------------------------------
@@ -123,6 +124,7 @@ class WebSocketStream(WSStream):
             "WebSocket client %s sent data before the handshake was answered; refusing it",
             _peer(self.client),
         )
+        self._refused = True  # from now on the application's messages go nowhere
         if self.state is ASGIWebsocketState.HANDSHAKE:
             self.state = ASGIWebsocketState.HTTPCLOSED
             try:
@@ -132,6 +134,8 @@ class WebSocketStream(WSStream):
         await self.send(StreamClosed(stream_id=self.stream_id))
 
     async def app_send(self, message: Any) -> None:
+        if self._refused:
+            return
         if message is None:
             if self.state is ASGIWebsocketState.CONNECTED and not self.closed:
                 self.note_close(_INTERNAL_ERROR)  # Hypercorn closes with 1011 for us
