@@ -13,6 +13,7 @@ the fix is for is real.
 from __future__ import annotations
 
 import signal
+import socket
 import time
 from pathlib import Path
 
@@ -408,5 +409,61 @@ def test_plain_hypercorn_gets_the_fixes_at_lifespan_startup(
         server.signal(signal.SIGTERM)
         assert server.wait(15) == 0, server.log()
         assert "Traceback" not in server.log()
+    finally:
+        server.close()
+
+
+def test_second_sigterm_with_a_stalled_client_stops_at_once(
+    worker_class: str, tmp_path: Path
+) -> None:
+    server, events = serve(tmp_path, worker_class, "graceful_timeout = 30.0\n")
+    try:
+        server.start()
+        with (
+            RawWebSocket(server.url, "/ws/echo/", receive_buffer=4096) as client,
+            connect(server.ws_url + "/ws/stubborn/", open_timeout=5),
+        ):
+            client.handshake()
+            _stall(client)
+            server.signal(signal.SIGTERM)
+            # The stubborn consumer's disconnect handler takes a minute.
+            wait_until(lambda: "disconnect stubborn 1001" in read_events(events), 10)
+            started = time.monotonic()
+            server.signal(signal.SIGTERM)
+            assert server.wait(timeout=10) == 1, server.log()
+            assert time.monotonic() - started < 3, server.log()
+        log = server.log()
+        assert "again: stopping now" in log
+        assert "Traceback" not in log, log
+    finally:
+        server.close()
+
+
+def test_half_closed_client_reaches_disconnect(worker_class: str, tmp_path: Path) -> None:
+    server, events = serve(tmp_path, worker_class)
+    try:
+        server.start()
+        with RawWebSocket(server.url, "/ws/echo/") as client:
+            client.handshake()
+            client.sock.shutdown(socket.SHUT_WR)  # FIN, but still reading
+            wait_until(lambda: disconnects(events), 10, "disconnect() never ran")
+        assert disconnects(events) == ["disconnect echo 1006"]
+        healthy(server)
+    finally:
+        server.close()
+
+
+def test_reset_clients_reach_disconnect_with_two_workers(tmp_path: Path) -> None:
+    server, events = serve(tmp_path, "trio", "workers = 2\n")
+    try:
+        server.start()
+        for _ in range(4):
+            client = RawWebSocket(server.url, "/ws/echo/", receive_buffer=4096)
+            client.handshake()
+            _stall(client)
+            client.reset()
+        wait_until(lambda: len(disconnects(events)) == 4, 15, "disconnect() never ran")
+        assert disconnects(events) == ["disconnect echo 1006"] * 4
+        healthy(server)
     finally:
         server.close()

@@ -8,6 +8,7 @@ server code calls :func:`serve_hypercorn` and stays backend-neutral.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -36,4 +37,14 @@ async def serve_hypercorn(
     else:
         from hypercorn.asyncio import serve as asyncio_serve
 
-        await asyncio_serve(app, config, shutdown_trigger=shutdown_trigger, mode="asgi")
+        try:
+            await asyncio_serve(app, config, shutdown_trigger=shutdown_trigger, mode="asgi")
+        except asyncio.InvalidStateError:
+            # Hypercorn 0.18's asyncio worker_serve() ends with ``gathered.exception()``
+            # in a ``finally``; when serve() itself is cancelled (a forced stop) while
+            # the connections are still being gathered, that call raises
+            # InvalidStateError instead of letting the cancellation through.
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise asyncio.CancelledError from None
+            raise

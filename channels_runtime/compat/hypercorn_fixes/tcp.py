@@ -220,9 +220,24 @@ def _patch_asyncio(server_class: Any) -> None:
         finally:
             timer.cancel()
 
+    contained = _contained(original_run, _abort_asyncio)
+
+    async def run(self: Any) -> None:
+        try:
+            await contained(self)
+        except asyncio.CancelledError:
+            # The connection task belongs to asyncio's start_server(), which awaits
+            # nobody's result: on Python 3.11 its done-callback calls
+            # task.exception() on a cancelled task and logs the CancelledError
+            # with a traceback ("Exception in callback StreamReaderProtocol...")
+            # for every connection cancelled at shutdown (3.12 checks first).
+            # The connection is closed by now; ending the task quietly loses nothing.
+            return
+
+    run.__wrapped__ = original_run  # type: ignore[attr-defined]
     server_class.protocol_send = protocol_send
     server_class._close = close
-    server_class.run = _contained(original_run, _abort_asyncio)
+    server_class.run = run
     server_class._channels_runtime_fixed = True
 
 

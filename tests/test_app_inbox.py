@@ -1,0 +1,96 @@
+"""AppInbox: bounded for data, never full for the disconnect, cancel-safe (all backends)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+import pytest
+
+from channels_runtime.compat.hypercorn_fixes.app_inbox import AppInbox
+
+pytestmark = pytest.mark.anyio
+
+DISCONNECT = {"type": "websocket.disconnect", "code": 1006}
+
+
+def frame(n: int) -> dict[str, Any]:
+    return {"type": "websocket.receive", "text": str(n), "bytes": None}
+
+
+async def test_messages_come_out_in_order_then_the_disconnect_again_and_again(
+    anyio_backend: Any,
+) -> None:
+    inbox = AppInbox(3)
+    for n in range(3):
+        await inbox.put(frame(n))
+    await inbox.put(DISCONNECT)  # the queue is full: this must not wait
+    assert inbox.disconnected
+    assert [(await inbox.get())["text"] for _ in range(3)] == ["0", "1", "2"]
+    assert await inbox.get() == DISCONNECT
+    assert await inbox.get() == DISCONNECT
+
+
+async def test_put_waits_for_room_and_gives_up_once_disconnected(anyio_backend: Any) -> None:
+    inbox = AppInbox(1)
+    await inbox.put(frame(0))
+    outcome: list[str] = []
+
+    async def blocked_put() -> None:
+        await inbox.put(frame(1))
+        outcome.append("returned")
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(blocked_put)
+        await anyio.wait_all_tasks_blocked()
+        assert outcome == []  # no room
+        await inbox.put(DISCONNECT)  # wakes the blocked put, which drops its message
+        await anyio.wait_all_tasks_blocked()
+        assert outcome == ["returned"]
+    assert (await inbox.get())["text"] == "0"
+    assert await inbox.get() == DISCONNECT  # frame 1 came after the disconnect: dropped
+
+
+async def test_a_get_makes_room_for_a_waiting_put(anyio_backend: Any) -> None:
+    inbox = AppInbox(1)
+    await inbox.put(frame(0))
+    async with anyio.create_task_group() as group:
+        group.start_soon(inbox.put, frame(1))
+        await anyio.wait_all_tasks_blocked()
+        assert len(inbox) == 1
+        assert (await inbox.get())["text"] == "0"
+        await anyio.wait_all_tasks_blocked()
+        assert len(inbox) == 1
+    assert (await inbox.get())["text"] == "1"
+
+
+async def test_cancelled_get_takes_nothing_and_cancelled_put_adds_nothing(
+    anyio_backend: Any,
+) -> None:
+    inbox = AppInbox(1)
+    with anyio.move_on_after(0.05):
+        await inbox.get()
+    await inbox.put(frame(0))
+    with anyio.move_on_after(0.05):
+        await inbox.put(frame(1))
+    assert len(inbox) == 1
+    assert (await inbox.get())["text"] == "0"
+    with anyio.fail_after(1):
+        async with anyio.create_task_group() as group:
+            group.start_soon(inbox.put, frame(2))
+    assert (await inbox.get())["text"] == "2"
+
+
+async def test_a_waiting_get_is_woken_by_the_disconnect(anyio_backend: Any) -> None:
+    inbox = AppInbox(10)
+    got: list[dict[str, Any]] = []
+
+    async def reader() -> None:
+        got.append(await inbox.get())
+
+    with anyio.fail_after(1):
+        async with anyio.create_task_group() as group:
+            group.start_soon(reader)
+            await anyio.wait_all_tasks_blocked()
+            await inbox.put({"type": "http.disconnect"})
+    assert got == [{"type": "http.disconnect"}]
