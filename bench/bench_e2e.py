@@ -2,8 +2,8 @@
 
 Run from the repository root::
 
-    /work/venv/bin/python bench/bench_e2e.py            # 3 rounds, about 6 minutes
-    /work/venv/bin/python bench/bench_e2e.py --quick    # 2 rounds, fewer broadcasts
+    python bench/bench_e2e.py            # 3 rounds, about 6 minutes
+    python bench/bench_e2e.py --quick    # 2 rounds, fewer broadcasts
 
 Cases (see bench/README.md):
 

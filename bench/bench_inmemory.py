@@ -2,8 +2,8 @@
 
 Run from the repository root::
 
-    /work/venv/bin/python bench/bench_inmemory.py            # 5 rounds
-    /work/venv/bin/python bench/bench_inmemory.py --rounds 3 --skip-channels-10k
+    python bench/bench_inmemory.py            # 5 rounds
+    python bench/bench_inmemory.py --rounds 3 --skip-channels-10k
 
 Both layers run in this one process on asyncio (Channels' layer only runs on
 asyncio), alternating implementations round by round so that drift in machine

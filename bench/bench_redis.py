@@ -2,9 +2,9 @@
 
 Run from the repository root, with a Redis server to talk to::
 
-    /work/venv/bin/pip install channels_redis        # the comparison point
-    /work/venv/bin/python bench/bench_redis.py       # 5 rounds, redis://127.0.0.1:6379/0
-    /work/venv/bin/python bench/bench_redis.py --rounds 3 --redis redis://host:6379/1
+    pip install channels_redis        # the comparison point
+    python bench/bench_redis.py       # 5 rounds, redis://127.0.0.1:6379/0
+    python bench/bench_redis.py --rounds 3 --redis redis://host:6379/1
 
 Both layers use the same Redis in this one process. channels_redis only runs
 on asyncio, so the comparison (the ratio column) is ours on asyncio against it
@@ -47,7 +47,7 @@ from channels_runtime.layers.redis import RedisChannelLayer as OurLayer
 try:
     from channels_redis.core import RedisChannelLayer as TheirLayer
 except ImportError:  # pragma: no cover - the script says how to get it
-    sys.exit("channels_redis is not installed: /work/venv/bin/pip install channels_redis")
+    sys.exit("channels_redis is not installed: pip install channels_redis")
 
 MESSAGE = {"type": "chat.message", "text": "hello, world", "user": 42, "tags": ["a", "b"]}
 

@@ -3,10 +3,10 @@ arrive for process-specific channels nobody receives, ours against channels_redi
 
 Run from the repository root, with a Redis server to talk to::
 
-    /work/venv/bin/python bench/bench_redis_buffer.py          # 100,000 messages per run
-    /work/venv/bin/python bench/bench_redis_buffer.py --quick  # 20,000 messages per run
-    /work/venv/bin/python bench/bench_redis_buffer.py --redis redis://host:6379/1 --rounds 3
-    /work/venv/bin/python bench/bench_redis_buffer.py --scenarios few --messages 20000
+    python bench/bench_redis_buffer.py          # 100,000 messages per run
+    python bench/bench_redis_buffer.py --quick  # 20,000 messages per run
+    python bench/bench_redis_buffer.py --redis redis://host:6379/1 --rounds 3
+    python bench/bench_redis_buffer.py --scenarios few --messages 20000
 
 Every run is one receiving process, a fresh subprocess, so its buffer counts,
 RSS and tracemalloc figures hold that layer alone. It has one live channel,
@@ -72,7 +72,7 @@ try:
     from channels.exceptions import ChannelFull as TheirFull
     from channels_redis.core import RedisChannelLayer as TheirLayer
 except ImportError:  # pragma: no cover - the script says how to get it
-    sys.exit("channels_redis is not installed: /work/venv/bin/pip install channels_redis")
+    sys.exit("channels_redis is not installed: pip install channels_redis")
 
 MESSAGE = {"type": "chat.message", "text": "hello, world", "user": 42, "tags": ["a", "b"]}
 IMPLS: dict[str, Any] = {"ours": OurLayer, "channels_redis": TheirLayer}

@@ -11,7 +11,10 @@ import gc
 import signal
 import sys
 import tracemalloc
+from pathlib import Path
 from typing import Any
+
+_REPO = str(Path(__file__).resolve().parents[2]) + "/"
 
 tracemalloc.start(4)
 _baseline: list[tracemalloc.Snapshot] = []
@@ -29,7 +32,7 @@ def _on_signal(signum: int, frame: Any) -> None:
     print(f"[memtrace] growth {total:,} bytes", file=sys.stderr)
     for stat in stats[:70]:
         frame = stat.traceback[0]
-        where = frame.filename.split("site-packages/")[-1].split("/work/main/")[-1]
+        where = frame.filename.split("site-packages/")[-1].removeprefix(_REPO)
         line = f"{stat.size_diff:>12,} B {stat.count_diff:>8,} blocks  {where}:{frame.lineno}"
         print(f"[memtrace] {line}", file=sys.stderr)
     sys.stderr.flush()

@@ -2,7 +2,7 @@
 
 Run from the repository root::
 
-    /work/venv/bin/python bench/e2e/micro_consumer.py [--backend trio] [--profile]
+    python bench/e2e/micro_consumer.py [--backend trio] [--profile]
 
 A client task and the application exchange ``websocket.receive`` and
 ``websocket.send`` messages through anyio memory streams, one at a time, on

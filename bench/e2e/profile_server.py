@@ -2,8 +2,8 @@
 
 Run from the repository root, e.g.::
 
-    /work/venv/bin/python bench/e2e/profile_server.py ours-asyncio echo
-    /work/venv/bin/python bench/e2e/profile_server.py ours-trio bcast --top 40
+    python bench/e2e/profile_server.py ours-asyncio echo
+    python bench/e2e/profile_server.py ours-trio bcast --top 40
 
 Starts the variant as bench_e2e does (CPU 0), attaches ``py-spy record`` to
 it, drives the load (CPU 1) for about ``--seconds`` and prints two tables from
