@@ -56,6 +56,25 @@ VARIANTS = [
         "runtime_app",
         "trio",
     ),
+    # The cost of channels_runtime's Hypercorn fixes: the same server with them off
+    # (Hypercorn then always negotiates permessage-deflate, so the "fixed" side of the
+    # comparison turns it on too) ...
+    *(
+        Variant(
+            f"serve-{loop}-{kind}",
+            f"channels_runtime, `serve -k {loop}`, {label}",
+            "serve",
+            "runtime_app",
+            loop,
+            config="websocket_permessage_deflate = true\n",
+            env=env,
+        )
+        for loop in ("asyncio", "trio")
+        for kind, label, env in (
+            ("deflate", "permessage-deflate on", ()),
+            ("unfixed", "Hypercorn fixes off", (("CHANNELS_RUNTIME_HYPERCORN_FIXES", "0"),)),
+        )
+    ),
     Variant("channels-hypercorn", "Channels 4.2, Hypercorn asyncio", "hypercorn", "channels_app"),
     Variant("channels-daphne", "Channels 4.2, Daphne", "daphne", "channels_app"),
 ]

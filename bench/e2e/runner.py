@@ -15,6 +15,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -43,6 +44,10 @@ class Variant:
     server: str  # "hypercorn", "serve" (channels-runtime serve) or "daphne"
     module: str  # raw_app, runtime_app or channels_app
     worker_class: str = "asyncio"
+    #: ``channels-runtime serve`` only: the whole hypercorn.toml ("" for serve's defaults).
+    config: str = ""
+    #: Extra environment variables for the server process.
+    env: tuple[tuple[str, str], ...] = ()
 
     def command(self, port: int) -> list[str]:
         if self.server == "hypercorn":
@@ -67,6 +72,7 @@ class Variant:
                 f"{HOST}:{port}",
                 "--log-level",
                 "warning",
+                *(["--config", str(self.config_path())] if self.config else []),
             ]
         if self.server == "daphne":
             return [
@@ -80,6 +86,10 @@ class Variant:
                 f"{self.module}:application",
             ]
         raise ValueError(f"unknown server {self.server!r}")
+
+    def config_path(self) -> Path:
+        """Where this variant's hypercorn.toml is written (next to the server log)."""
+        return Path(tempfile.gettempdir()) / f"bench_e2e_{self.key}.toml"
 
 
 def free_port() -> int:
@@ -122,6 +132,9 @@ def running(variant: Variant, log: Path) -> Iterator[Server]:
     env.pop("DJANGO_SETTINGS_MODULE", None)  # each app module is its own settings
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), str(REPO), env.get("PYTHONPATH")]))
     env["PYTHONUNBUFFERED"] = "1"
+    env.update(variant.env)
+    if variant.config:
+        variant.config_path().write_text(variant.config)
     with open(log, "ab") as out:
         out.write(f"\n=== {variant.key} on port {port}\n".encode())
         out.flush()
