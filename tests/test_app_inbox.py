@@ -94,3 +94,9 @@ async def test_a_waiting_get_is_woken_by_the_disconnect(anyio_backend: Any) -> N
             await anyio.wait_all_tasks_blocked()
             await inbox.put({"type": "http.disconnect"})
     assert got == [{"type": "http.disconnect"}]
+
+
+def test_every_patch_point_exists_in_the_installed_hypercorn() -> None:
+    from channels_runtime.compat import hypercorn_fixes
+
+    assert hypercorn_fixes.missing_patch_points() == []

@@ -16,9 +16,10 @@ of this package, patched in place by :func:`install`:
 
 Each module docstring says what Hypercorn does and what changes. They were
 checked against the Hypercorn versions in :data:`CHECKED_VERSIONS`; on any
-other version :func:`install` still installs them (the patched names are
-checked to exist first) but logs a warning once, so an upgrade that changes
-Hypercorn's internals is noticed rather than silently misbehaving.
+other version :func:`install` still installs them but logs a warning once,
+so an upgrade is noticed. If a name they patch is missing, it installs
+nothing and logs an error naming it: the server then behaves as plain
+Hypercorn instead of failing mid-request.
 
 ``channels-runtime serve`` (and :func:`channels_runtime.server.serve`)
 install the fixes before serving. Under plain ``hypercorn``,
@@ -41,6 +42,7 @@ __all__ = [
     "install",
     "install_if_served_by_hypercorn",
     "installed",
+    "missing_patch_points",
 ]
 
 logger = logging.getLogger("channels_runtime.server")
@@ -67,6 +69,56 @@ def installed() -> bool:
     return _installed
 
 
+#: What the fixes patch or call, by module: a release that renames one of these
+#: must leave Hypercorn unpatched (and say so), not break in the middle of serving.
+_PATCH_POINTS: dict[str, tuple[str, ...]] = {
+    "hypercorn.protocol.h11": ("WSStream",),
+    "hypercorn.protocol.h2": ("WSStream",),
+    "hypercorn.protocol.ws_stream": (
+        "ASGIWebsocketState",
+        "FrameTooLargeError",
+        "WSStream._accept",
+        "WSStream._handle_events",
+        "WSStream._send_error_response",
+        "WSStream._send_pings",
+        "WSStream._send_wsproto_event",
+        "WSStream.app_send",
+        "WSStream.handle",
+    ),
+    "hypercorn.asyncio.task_group": ("TaskGroup.spawn_app",),
+    "hypercorn.asyncio.tcp_server": (
+        "TCPServer._close",
+        "TCPServer.protocol_send",
+        "TCPServer.run",
+    ),
+    "hypercorn.trio.task_group": ("TaskGroup.spawn_app",),
+    "hypercorn.trio.tcp_server": ("TCPServer.protocol_send", "TCPServer.run"),
+}
+
+
+def missing_patch_points() -> list[str]:
+    """The Hypercorn names the fixes need that the installed Hypercorn lacks."""
+    import importlib
+
+    missing = []
+    for module_name, names in _PATCH_POINTS.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            if module_name.startswith("hypercorn.trio"):
+                continue  # trio is an optional extra
+            missing.append(module_name)
+            continue
+        for dotted in names:
+            target: object = module
+            for part in dotted.split("."):
+                target = getattr(target, part, None)
+                if target is None:
+                    missing.append(f"{module_name}.{dotted}")
+                    break
+    return missing
+
+
 def install() -> bool:
     """Patch Hypercorn with every fix of this package, once; return whether they are on."""
     global _installed
@@ -78,6 +130,15 @@ def install() -> bool:
         if _installed:
             return True
         found = _hypercorn_version()
+        missing = missing_patch_points()
+        if missing:
+            logger.error(
+                "Hypercorn %s lacks what channels-runtime's fixes for it patch (%s); "
+                "serving with Hypercorn's own behaviour",
+                found,
+                ", ".join(missing),
+            )
+            return False
         if found not in CHECKED_VERSIONS:
             logger.warning(
                 "Hypercorn %s is installed; channels-runtime's fixes for it were checked "
