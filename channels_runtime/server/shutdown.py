@@ -244,7 +244,7 @@ class GracefulShutdown:
         if remaining:
             logger.warning(
                 "%d WebSocket application(s) still running after %.1fs; "
-                "the server will cancel them",
+                "their connections are cut now",
                 remaining,
                 grace_period,
             )
