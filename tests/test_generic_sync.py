@@ -115,12 +115,11 @@ async def test_json_websocket_consumer() -> None:
         assert await comm.receive_output() == {"type": "websocket.close", "code": 1007}
 
 
-async def test_json_websocket_consumer_rejects_binary() -> None:
+async def test_json_websocket_consumer_closes_on_binary() -> None:
     async with WebsocketCommunicator(Json.as_asgi(), "/ws/") as comm:
         await comm.connect()
         await comm.send_to(bytes_data=b"{}")
-        with pytest.raises(ValueError, match="No text section"):
-            await comm.receive_output()
+        assert await comm.receive_output() == {"type": "websocket.close", "code": 1003}
 
 
 class Refuser(WebsocketConsumer):

@@ -551,12 +551,12 @@ async def test_invalid_json_can_raise_as_in_channels() -> None:
         await comm.wait()
 
 
-async def test_binary_frame_to_json_consumer_is_an_error() -> None:
+async def test_binary_frame_to_json_consumer_closes_with_1003() -> None:
     comm = WebsocketCommunicator(JsonCounter.as_asgi(), "/")
     await comm.connect()
     await comm.send_input({"type": "websocket.receive", "text": None, "bytes": b"{}"})
-    with pytest.raises(ValueError, match="No text section for incoming WebSocket frame!"):
-        await comm.wait()
+    assert await comm.receive_output() == {"type": "websocket.close", "code": 1003}
+    await comm.disconnect(code=1003)
 
 
 async def test_json_hooks_async_and_sync_overrides() -> None:

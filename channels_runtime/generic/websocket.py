@@ -27,6 +27,20 @@ logger = logging.getLogger(__name__)
 #: "Invalid frame payload data" (RFC 6455 §7.4.1): the close code for text that is not JSON.
 CLOSE_CODE_INVALID_PAYLOAD = 1007
 
+#: "Unsupported data" (RFC 6455 §7.4.1): the close code for a binary frame sent to a
+#: consumer that takes JSON in text frames.
+CLOSE_CODE_UNSUPPORTED_DATA = 1003
+
+#: What decoding a text frame may raise because of what the client sent: ``ValueError``
+#: (``json.JSONDecodeError``, ``UnicodeDecodeError``, most other decoders' errors) and
+#: ``RecursionError`` (a document nested deeper than the decoder can recurse, such as
+#: ``"[" * 100000``). Anything else is a bug in the decoder and keeps its traceback.
+_DECODE_ERRORS = (ValueError, RecursionError)
+
+#: How much of a decoding error's text goes into the warning: enough to diagnose, and
+#: bounded because a decoder may quote the client's input in its message.
+_ERROR_TEXT_LIMIT = 200
+
 #: How long leaving groups may take when a consumer is torn down by an error or a
 #: cancellation. Bounded so that a dead layer cannot keep a finished connection alive.
 GROUP_CLEANUP_TIMEOUT = 10.0
@@ -103,15 +117,54 @@ def websocket_close_message(code: int | bool | None = None, reason: str | None =
     return message
 
 
+def _as_decode_error(exc: ValueError | RecursionError) -> ValueError:
+    """A decoding failure as the ``ValueError`` that ``receive_invalid_json()`` receives.
+
+    A ``RecursionError`` (the document is nested too deeply) is wrapped, with the
+    original as ``__cause__``, so the hook keeps Channels' one-type signature and an
+    override typed ``error: ValueError`` stays correct.
+    """
+    if isinstance(exc, ValueError):
+        return exc
+    error = ValueError(f"nested too deeply to decode: {exc}")
+    error.__cause__ = exc
+    return error
+
+
+def _one_line(text: str) -> str:
+    """``text`` safe for a single log line: control characters escaped, length bounded.
+
+    Decoders may echo client input in their messages; without this a client could
+    write newlines, and so forged lines, into the server's log.
+    """
+    if len(text) > _ERROR_TEXT_LIMIT:
+        text = text[:_ERROR_TEXT_LIMIT] + "..."
+    return text if text.isprintable() else repr(text)[1:-1]
+
+
+def _consumer_name(consumer: Any) -> str:
+    return f"{type(consumer).__module__}.{type(consumer).__qualname__}"
+
+
 def _warn_invalid_json(consumer: Any, error: ValueError) -> None:
     logger.warning(
-        "%s.%s received a WebSocket text frame that is not valid JSON (%s) on %r; "
+        "%s received a WebSocket text frame that is not valid JSON (%s) on %r; "
         "closing the connection with code %d",
-        type(consumer).__module__,
-        type(consumer).__qualname__,
-        error,
+        _consumer_name(consumer),
+        _one_line(str(error)),
         consumer.scope.get("path", ""),
         CLOSE_CODE_INVALID_PAYLOAD,
+    )
+
+
+def _warn_binary_frame(consumer: Any, bytes_data: bytes) -> None:
+    logger.warning(
+        "%s received a binary WebSocket frame (%d bytes) on %r but takes JSON in text "
+        "frames; closing the connection with code %d",
+        _consumer_name(consumer),
+        len(bytes_data),
+        consumer.scope.get("path", ""),
+        CLOSE_CODE_UNSUPPORTED_DATA,
     )
 
 
@@ -278,22 +331,37 @@ class AsyncWebsocketConsumer(GroupMembership, AsyncConsumer):
 class AsyncJsonWebsocketConsumer(AsyncWebsocketConsumer):
     """A WebSocket consumer that exchanges JSON documents in text frames.
 
-    Override :meth:`receive_json` and reply with :meth:`send_json`. Binary frames
-    raise ``ValueError``. A text frame that is not valid JSON closes the
-    connection with code 1007 and logs a warning (see :meth:`receive_invalid_json`),
-    so one misbehaving client cannot crash its connection's handler with a
-    traceback, let alone the server.
+    Override :meth:`receive_json` and reply with :meth:`send_json`. What a client
+    gets wrong is answered without a traceback: the connection is closed with a
+    close code saying why and one warning line is logged, so no client can flood
+    the log or have its mistake reported as a server error.
+
+    * a text frame that cannot be decoded (not JSON, nested too deeply): 1007,
+      see :meth:`receive_invalid_json`;
+    * a binary frame: 1003, see :meth:`receive_binary`.
+
+    Errors raised by :meth:`receive_json` itself are the application's and
+    propagate as usual.
     """
+
+    #: Set once a default hook has closed the connection over the client's input;
+    #: frames still queued behind the bad one are then dropped without another warning.
+    _refused_input: bool = False
 
     async def receive(
         self, text_data: str | None = None, bytes_data: bytes | None = None, **kwargs: Any
     ) -> None:
+        if self._refused_input:
+            return
         if text_data is None:
-            raise ValueError("No text section for incoming WebSocket frame!")
+            if bytes_data is None:  # called directly with neither: a programming error
+                raise ValueError("No text section for incoming WebSocket frame!")
+            await self.receive_binary(bytes_data, **kwargs)
+            return
         try:
             content = await _resolve(self.decode_json(text_data))
-        except ValueError as exc:  # json.JSONDecodeError and most other decoders' errors
-            await self.receive_invalid_json(text_data, exc)
+        except _DECODE_ERRORS as exc:  # the client's input, not a server error
+            await self.receive_invalid_json(text_data, _as_decode_error(exc))
             return
         await self.receive_json(content, **kwargs)
 
@@ -303,12 +371,27 @@ class AsyncJsonWebsocketConsumer(AsyncWebsocketConsumer):
     async def receive_invalid_json(self, text_data: str, error: ValueError) -> None:
         """A text frame could not be decoded: log a warning and close with 1007.
 
+        ``error`` is the decoder's ``ValueError``; a document nested too deeply
+        arrives as a ``ValueError`` whose ``__cause__`` is the ``RecursionError``.
         Override to answer differently, e.g. ``await self.send_json({"error": ...})``
         to keep the connection open, or ``raise error`` for Channels' behaviour
         of failing the connection with the exception.
         """
         _warn_invalid_json(self, error)
+        self._refused_input = True
         await self.close(code=CLOSE_CODE_INVALID_PAYLOAD)
+
+    async def receive_binary(self, bytes_data: bytes, **kwargs: Any) -> None:
+        """A binary frame arrived: log a warning and close with 1003 ("unsupported data").
+
+        JSON travels in text frames. Override to accept binary frames, for example
+        to decode them yourself and call :meth:`receive_json`; ``kwargs`` are the
+        ones :meth:`receive` was given. ``raise ValueError("No text section for
+        incoming WebSocket frame!")`` restores Channels' behaviour.
+        """
+        _warn_binary_frame(self, bytes_data)
+        self._refused_input = True
+        await self.close(code=CLOSE_CODE_UNSUPPORTED_DATA)
 
     async def send_json(self, content: Any, close: bool | int = False) -> None:
         """Encode ``content`` with :meth:`encode_json` and send it as a text frame."""
@@ -318,8 +401,9 @@ class AsyncJsonWebsocketConsumer(AsyncWebsocketConsumer):
     async def decode_json(cls, text_data: str) -> Any:
         """Parse a text frame (``json.loads``); override to use another decoder.
 
-        Raise ``ValueError`` for bad input to get the invalid-JSON handling.
-        May be overridden as a plain or an ``async`` classmethod.
+        ``ValueError`` (including ``UnicodeDecodeError``) or ``RecursionError``
+        raised for bad input gets the invalid-JSON handling. May be overridden
+        as a plain or an ``async`` classmethod.
         """
         return json.loads(text_data)
 
@@ -398,19 +482,28 @@ class WebsocketConsumer(GroupMembership, SyncConsumer):
 class JsonWebsocketConsumer(WebsocketConsumer):
     """The synchronous :class:`AsyncJsonWebsocketConsumer`.
 
-    Invalid JSON is handled as in the async variant: a warning and a close
-    with 1007, overridable through :meth:`receive_invalid_json`.
+    The client's mistakes are handled as in the async variant: a text frame that
+    cannot be decoded closes with 1007 (:meth:`receive_invalid_json`), a binary
+    frame with 1003 (:meth:`receive_binary`), each with one warning line.
     """
+
+    #: See :attr:`AsyncJsonWebsocketConsumer._refused_input`.
+    _refused_input: bool = False
 
     def receive(
         self, text_data: str | None = None, bytes_data: bytes | None = None, **kwargs: Any
     ) -> None:
+        if self._refused_input:
+            return
         if text_data is None:
-            raise ValueError("No text section for incoming WebSocket frame!")
+            if bytes_data is None:  # called directly with neither: a programming error
+                raise ValueError("No text section for incoming WebSocket frame!")
+            self.receive_binary(bytes_data, **kwargs)
+            return
         try:
             content = self.decode_json(text_data)
-        except ValueError as exc:
-            self.receive_invalid_json(text_data, exc)
+        except _DECODE_ERRORS as exc:  # the client's input, not a server error
+            self.receive_invalid_json(text_data, _as_decode_error(exc))
             return
         self.receive_json(content, **kwargs)
 
@@ -418,9 +511,22 @@ class JsonWebsocketConsumer(WebsocketConsumer):
         """Handle one decoded JSON document. The default ignores it."""
 
     def receive_invalid_json(self, text_data: str, error: ValueError) -> None:
-        """A text frame could not be decoded: log a warning and close with 1007."""
+        """A text frame could not be decoded: log a warning and close with 1007.
+
+        Overridable as in :meth:`AsyncJsonWebsocketConsumer.receive_invalid_json`.
+        """
         _warn_invalid_json(self, error)
+        self._refused_input = True
         self.close(code=CLOSE_CODE_INVALID_PAYLOAD)
+
+    def receive_binary(self, bytes_data: bytes, **kwargs: Any) -> None:
+        """A binary frame arrived: log a warning and close with 1003 ("unsupported data").
+
+        Overridable as in :meth:`AsyncJsonWebsocketConsumer.receive_binary`.
+        """
+        _warn_binary_frame(self, bytes_data)
+        self._refused_input = True
+        self.close(code=CLOSE_CODE_UNSUPPORTED_DATA)
 
     def send_json(self, content: Any, close: bool | int = False) -> None:
         """Encode ``content`` with :meth:`encode_json` and send it as a text frame."""
@@ -428,7 +534,11 @@ class JsonWebsocketConsumer(WebsocketConsumer):
 
     @classmethod
     def decode_json(cls, text_data: str) -> Any:
-        """Parse a text frame (``json.loads``); override to use another decoder."""
+        """Parse a text frame (``json.loads``); override to use another decoder.
+
+        Bad input raising ``ValueError`` or ``RecursionError`` gets the
+        invalid-JSON handling, as in the async variant.
+        """
         return json.loads(text_data)
 
     @classmethod
@@ -439,6 +549,7 @@ class JsonWebsocketConsumer(WebsocketConsumer):
 
 __all__ = [
     "CLOSE_CODE_INVALID_PAYLOAD",
+    "CLOSE_CODE_UNSUPPORTED_DATA",
     "AsyncJsonWebsocketConsumer",
     "AsyncWebsocketConsumer",
     "GroupMembership",

@@ -66,6 +66,16 @@ EXIT_USAGE = 2
 #: How often ``--reload`` looks at the source files.
 RELOAD_POLL_INTERVAL = 1.0
 
+#: How long the supervisor waits for workers it has killed (SIGKILL) to be reaped.
+#: A killed process is normally gone at once; this bound only runs out for one stuck
+#: in the kernel (uninterruptible I/O on a dead network mount, say) or held by a
+#: debugger attached to it, and keeps the supervisor from waiting for it forever.
+KILL_WAIT = 5.0
+
+#: How often the supervisor looks again at a worker that has died but cannot be
+#: reaped yet (see :meth:`_Supervisor._reap`).
+UNREAPED_POLL_INTERVAL = 0.05
+
 
 def anyio_backend(worker_class: str, *, debug: bool = False) -> tuple[str, dict[str, Any]]:
     """The ``anyio.run`` backend and options for a Hypercorn worker class name.
@@ -88,17 +98,66 @@ class _HideHypercornBanner(logging.Filter):
         return not str(record.msg).startswith("Running on ")
 
 
-def configure_logging(level: str) -> None:
-    """Send channels_runtime's log lines to stderr in Hypercorn's style, at ``level``.
+#: The loggers ``serve`` prints itself when the project does not: ours, and Hypercorn's
+#: error log (its access log, when turned on, keeps Hypercorn's own handler).
+_FALLBACK_LOGGERS = ("channels_runtime", "hypercorn.error")
 
-    Only our own logger tree is touched (and only if nothing configured it),
-    so Django's ``LOGGING`` setting keeps working for everything else. Called
-    again once the project is loaded, because a ``LOGGING`` setting with
-    ``disable_existing_loggers`` would otherwise silence the lines after it.
+
+class _FallbackHandler(logging.StreamHandler):
+    """stderr, in Hypercorn's format, for the records no other handler will print.
+
+    A project whose ``LOGGING`` gives the root logger (or any logger on a record's
+    way up) a handler has said where log lines go; a record reaching that handler
+    *and* this one would be printed twice. So this handler steps aside for each
+    record that has another handler ahead of it, and prints everything a project
+    without logging configuration would otherwise lose. Deciding per record, not
+    once at startup, also covers configuration applied later (Hypercorn's
+    ``logconfig``) and handlers a project adds at runtime.
     """
-    root = logging.getLogger("channels_runtime")
-    root.setLevel(level.upper())
-    # "hypercorn.error" too: it exists early only because the filter below is
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+        self.setFormatter(
+            logging.Formatter(
+                "[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s", "%Y-%m-%d %H:%M:%S %z"
+            )
+        )
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not _printed_elsewhere(record) and bool(super().filter(record))
+
+
+def _printed_elsewhere(record: logging.LogRecord) -> bool:
+    """Whether a handler other than a fallback (or a ``NullHandler``) gets ``record``.
+
+    Walks the way ``Logger.callHandlers`` does: from the record's logger up to the
+    root, stopping at a logger that does not propagate. Handler levels are not
+    consulted: a project handler set to WARNING has decided that INFO lines are
+    not shown, and printing them here in another format would overrule it.
+    """
+    current: logging.Logger | None = logging.getLogger(record.name)
+    while current is not None:
+        for handler in current.handlers:
+            if not isinstance(handler, _FallbackHandler | logging.NullHandler):
+                return True
+        if not current.propagate:
+            return False
+        current = current.parent
+    return False
+
+
+def configure_logging(level: str) -> None:
+    """Print channels_runtime's and Hypercorn's log lines on stderr, once each, at ``level``.
+
+    Each of the :data:`_FALLBACK_LOGGERS` gets a :class:`_FallbackHandler`, which
+    prints only what the project's own logging configuration does not: a project
+    without ``LOGGING`` sees Hypercorn-style lines, one that configures a root
+    handler sees every line once, through its handler. Django's ``LOGGING``
+    keeps working for everything else. Called again once the project is loaded,
+    because ``LOGGING`` may have replaced the handlers or, with
+    ``disable_existing_loggers``, silenced these loggers.
+    """
+    # "hypercorn.error" too: it exists early only because the banner filter below is
     # attached to it, which must not get it disabled by the project's LOGGING.
     for name in (
         "channels_runtime",
@@ -107,18 +166,30 @@ def configure_logging(level: str) -> None:
         "hypercorn.error",
     ):
         logging.getLogger(name).disabled = False
-    if not root.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(
-            logging.Formatter(
-                "[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s", "%Y-%m-%d %H:%M:%S %z"
-            )
-        )
-        root.addHandler(handler)
-    banner_filter = _HideHypercornBanner()
+    for name in _FALLBACK_LOGGERS:
+        named = logging.getLogger(name)
+        named.setLevel(level.upper())
+        if not any(isinstance(h, _FallbackHandler) for h in named.handlers):
+            named.addHandler(_FallbackHandler())
     error_logger = logging.getLogger("hypercorn.error")
     if not any(isinstance(f, _HideHypercornBanner) for f in error_logger.filters):
-        error_logger.addFilter(banner_filter)
+        error_logger.addFilter(_HideHypercornBanner())
+
+
+def _server_config(settings: dict[str, Any]) -> Config:
+    """The Hypercorn config for ``settings``, with its error log left to :func:`configure_logging`.
+
+    Given ``errorlog = "-"`` (its default), Hypercorn replaces the handlers of the
+    ``hypercorn.error`` logger with its own stderr handler and lets records
+    propagate to the root as well, so a project with a root handler saw each line
+    twice, and one that configured ``hypercorn.error`` lost its handlers. Handing
+    Hypercorn the logger itself makes it log there untouched. A file path is
+    still Hypercorn's to handle.
+    """
+    config = build_config(settings)
+    if config.errorlog == "-":
+        config.errorlog = logging.getLogger("hypercorn.error")
+    return config
 
 
 @dataclass
@@ -190,7 +261,7 @@ def _serve_in_this_process(
 def run_serve(spec: ServeSpec) -> int:
     """Run ``channels-runtime serve`` as described by ``spec``; returns the exit status."""
     configure_logging(spec.log_level)
-    config = build_config(spec.settings)
+    config = _server_config(spec.settings)
     try:
         project = _load_project(spec)
     except ProjectError as exc:
@@ -249,7 +320,7 @@ def _worker_process(spec: ServeSpec, sockets: Sockets, stop_pipe: Any) -> None:
         logger.error("%s", exc)
         sys.exit(EXIT_USAGE)
     configure_logging(spec.log_level)
-    config = build_config(spec.settings)
+    config = _server_config(spec.settings)
 
     async def parent_says_stop() -> None:
         await wait_until_readable(stop_pipe.fileno())
@@ -317,6 +388,9 @@ class _Supervisor:
         self.children: list[_Child] = []
         self.stop_reason: str | None = None
         self.reload_reason: str | None = None
+        #: When the workers were killed (a second signal, or the shutdown allowance
+        #: ran out); from then on only their exit is awaited, for up to KILL_WAIT.
+        self.killed_at: float | None = None
         self._wake_reader, self._wake_writer = os.pipe()
         os.set_blocking(self._wake_reader, False)
         os.set_blocking(self._wake_writer, False)
@@ -327,9 +401,7 @@ class _Supervisor:
     def _on_stop_signal(self, signum: int, frame: FrameType | None) -> None:
         if self.stop_reason is not None:
             logger.warning("%s again: stopping the workers now", signal_name(signum))
-            for child in self.children:
-                if child.process.is_alive():
-                    child.process.kill()
+            self._kill_children()
         self.stop_reason = self.stop_reason or signal_name(signum)
         self._wake()
 
@@ -366,14 +438,21 @@ class _Supervisor:
         for child in self.children:
             child.ask_to_stop()
 
+    def _kill_children(self) -> None:
+        """SIGKILL the workers still running; :meth:`_run` then waits for them to exit."""
+        if self.killed_at is None:
+            self.killed_at = time.monotonic()
+        for child in self.children:
+            child.process.kill()  # a no-op for a child already reaped
+
     def _reap(self, deadline: float | None) -> list[tuple[_Child, int]]:
         """Wait until a child exits, a signal arrives, or ``deadline``; return exited children."""
         timeout = RELOAD_POLL_INTERVAL if self.config.use_reloader else None
         if deadline is not None:
             remaining = max(deadline - time.monotonic(), 0.0)
             timeout = remaining if timeout is None else min(timeout, remaining)
-        handles: list[Any] = [child.process.sentinel for child in self.children]
-        multiprocessing.connection.wait([*handles, self._wake_reader], timeout)
+        sentinels: dict[Any, _Child] = {child.process.sentinel: child for child in self.children}
+        ready = multiprocessing.connection.wait([*sentinels, self._wake_reader], timeout)
         try:
             while os.read(self._wake_reader, 512):
                 pass
@@ -386,7 +465,27 @@ class _Supervisor:
                 child.ask_to_stop()
                 self.children.remove(child)
                 exited.append((child, child.process.exitcode))
+        if any(sentinels[r].process.exitcode is None for r in ready if r in sentinels):
+            # The sentinel says the worker is gone, yet it cannot be reaped: a tracer
+            # (strace, gdb) is told of its death first. The sentinel stays readable,
+            # so waiting on it again would return at once; poll slowly instead.
+            time.sleep(UNREAPED_POLL_INTERVAL)
         return exited
+
+    def _abandon_children(self) -> None:
+        """Forget the workers SIGKILL did not end, so that exiting does not wait for them.
+
+        multiprocessing joins every child it knows of when the interpreter exits,
+        which would make the bounded wait in :meth:`_run` endless after all; its
+        registry of children has no public way out, hence the guarded lookup.
+        Once this process is gone they are reparented and reaped when they die.
+        """
+        registry = getattr(multiprocessing.process, "_children", None)
+        for child in self.children:
+            child.ask_to_stop()
+            if isinstance(registry, set):
+                registry.discard(child.process)
+        self.children.clear()
 
     def _restart_all(self, reason: str) -> None:
         logger.info("Reloading the workers (%s)", reason)
@@ -421,33 +520,50 @@ class _Supervisor:
             os.close(self._wake_writer)
 
     def _run(self) -> int:
+        """Watch the workers until all are gone; returns the exit status.
+
+        Every wait is :meth:`_reap`, which sleeps until a worker exits, a signal
+        arrives or the current deadline passes: first the shutdown allowance,
+        then, once the workers are killed, :data:`KILL_WAIT` for their exit.
+        Killing moves the deadline forward, so the loop never finds it already
+        passed again and spins.
+        """
         status = EXIT_OK
         watched = _watched_files() if self.config.use_reloader else {}
         for _ in range(self.workers):
             self._spawn()
+        shutting_down = False
         deadline: float | None = None
         while self.children:
+            if self.killed_at is not None:
+                deadline = self.killed_at + KILL_WAIT
             for child, exitcode in self._reap(deadline):
                 pid = child.process.pid
-                if exitcode == 0 and deadline is None:
+                if exitcode == 0 and not shutting_down:
                     logger.info("Worker %s exited; starting a new one", pid)
                     self._spawn()
+                elif exitcode != 0 and self.killed_at is not None:
+                    # Our own SIGKILL: its 137 says nothing about the worker, the
+                    # forced stop is a failure (1), as in a single-process server.
+                    status = status or EXIT_FAILURE
                 elif exitcode != 0:
                     if status == EXIT_OK:
                         status = _status_of(exitcode)
-                    if deadline is None:
+                    if not shutting_down:
                         logger.error(
                             "Worker %s exited with status %s; stopping the server",
                             pid,
                             _status_of(exitcode),
                         )
                         self.stop_reason = self.stop_reason or "worker failure"
-            if self.stop_reason is not None and deadline is None:
+            if self.stop_reason is not None and not shutting_down:
+                shutting_down = True
                 logger.info("Shutting down (%s)", self.stop_reason)
-                deadline = time.monotonic() + self._shutdown_allowance()
+                if deadline is None:  # (not already set by a kill)
+                    deadline = time.monotonic() + self._shutdown_allowance()
                 close_sockets(self.sockets)  # no new connections queue up for nobody
                 self._stop_children()
-            elif deadline is None:
+            elif not shutting_down:
                 reason = self.reload_reason
                 if reason is None and watched:
                     changed = _changed(watched)
@@ -457,10 +573,20 @@ class _Supervisor:
                     self._restart_all(reason)
                     watched = _watched_files()
             if deadline is not None and time.monotonic() >= deadline and self.children:
-                logger.error("Workers did not stop in time; killing them")
-                for child in self.children:
-                    child.process.kill()
                 status = status or EXIT_FAILURE
+                if self.killed_at is not None:
+                    logger.error(
+                        "Worker%s %s not reaped %gs after SIGKILL (stuck in the kernel, or "
+                        "held by a debugger); exiting without %s",
+                        "s" if len(self.children) > 1 else "",
+                        ", ".join(str(child.process.pid) for child in self.children),
+                        KILL_WAIT,
+                        "them" if len(self.children) > 1 else "it",
+                    )
+                    self._abandon_children()
+                    break
+                logger.error("Workers did not stop in time; killing them")
+                self._kill_children()
         if status == EXIT_OK:
             logger.info("Server stopped")
         return status
