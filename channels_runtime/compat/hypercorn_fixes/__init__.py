@@ -48,7 +48,7 @@ __all__ = [
 logger = logging.getLogger("channels_runtime.server")
 
 #: Hypercorn releases these fixes were written and tested against.
-CHECKED_VERSIONS = ("0.18.0",)
+CHECKED_VERSIONS = ("0.17.3", "0.18.0")
 
 #: Set to ``0`` to leave Hypercorn unpatched.
 DISABLE_VARIABLE = "CHANNELS_RUNTIME_HYPERCORN_FIXES"

@@ -4,7 +4,7 @@ Hypercorn gives each application a queue of ``max_app_queue_size`` messages
 (default 10) and puts every client message on it with a blocking ``put``.
 That bound is what keeps a flooding client from growing the server's memory,
 but Hypercorn also puts the final ``websocket.disconnect``/``http.disconnect``
-through the same ``put``. Checked against Hypercorn 0.18.0, that
+through the same ``put``. Checked against Hypercorn 0.17.3 and 0.18.0, that
 deadlocks whenever the queue is full while the application is blocked in
 ``send()``:
 

@@ -1,6 +1,6 @@
 """Hypercorn's TCP servers with bounded writes, bounded closes and contained errors.
 
-Checked against Hypercorn 0.18.0, one connection can hold up far
+Checked against Hypercorn 0.17.3 and 0.18.0, one connection can hold up far
 more than itself:
 
 * **A client that stops reading.** Hypercorn waits for room in the socket

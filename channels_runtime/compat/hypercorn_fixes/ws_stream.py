@@ -2,7 +2,7 @@
 
 :class:`WebSocketStream` is a subclass of Hypercorn's ``WSStream`` that
 :func:`install` puts where Hypercorn's HTTP/1.1 and HTTP/2 protocols look the
-class up. Each change fixes one behaviour of Hypercorn 0.18.0:
+class up. Each change fixes one behaviour of Hypercorn 0.17.3 and 0.18.0:
 
 * **Close codes** (pgjones/hypercorn#127). Hypercorn reports 1006 to the
   application for every close the client starts, whatever code the client
