@@ -144,18 +144,38 @@ class SyncConsumer(AsyncConsumer):
     back to the loop with ``async_to_sync(self.channel_layer.group_send)(...)``.
     Both work on asyncio and trio.
 
-    ``send`` queues WebSocket frames (``websocket.send``) for the event loop
-    and returns without waiting; the next message is not handled until they
-    have all been taken by the server, and an error from the server's send
-    is raised by the handler's next ``send`` or as the handler's exception.
-    Other messages, and frames beyond :attr:`max_queued_sends` waiting at
-    once, block the thread until the server has taken them, as in Channels
-    (see :mod:`channels_runtime.sync_send` for why).
+    All sync handlers in the process share that one thread, so ``send`` never
+    makes it wait for a client: WebSocket frames (``websocket.send``) and
+    ``websocket.close`` are queued for the event loop and ``send`` returns at
+    once. The next message is not handled until the server has taken all of
+    them (a wait on the loop, free for the other consumers), and an error
+    from the server's send is raised by the handler's next ``send`` or as the
+    handler's exception. If a frame would take the queue past
+    :attr:`max_queued_sends` frames or :attr:`max_queued_send_bytes` bytes,
+    the client is not keeping up with what the handler sends: the queued
+    frames are dropped, the connection is closed with code 1013 ("try again
+    later"), one warning is logged, and the handler's later sends are
+    dropped silently. Other messages (``websocket.accept``, HTTP responses)
+    block the thread until the server has taken them, as in Channels, and
+    so does every send with ``max_queued_sends = 0`` (see
+    :mod:`channels_runtime.sync_send` for why).
     """
 
     _sync: ClassVar[bool] = True
-    #: Frames a handler may queue before ``send`` blocks; 0 makes every send block.
-    max_queued_sends: ClassVar[int] = 64
+    # Both bounds are memory safety nets, not a pace: the handler thread makes
+    # frames far faster than the loop writes them (a 10,000-frame burst to a
+    # local client that reads everything peaks at over 9,600 waiting), so
+    # whatever one handler call sends is, in practice, queued at once. They
+    # must hold the largest burst a handler legitimately sends.
+    #: Frames (and closes) that may wait to be sent at once before the client is
+    #: closed with 1013: ~300 bytes of bookkeeping each beyond the payload, so
+    #: 16,384 cost ~5 MiB. 0 makes every send block instead, as in Channels.
+    max_queued_sends: ClassVar[int] = 16384
+    #: Payload bytes (``bytes``, or ``text`` as UTF-8) that may wait at once
+    #: before the client is closed with 1013; a lone frame always fits. 16 MiB
+    #: lets a 10 MB burst through to a client that reads, and is the most one
+    #: client that does not read can pin until the server's write timeout.
+    max_queued_send_bytes: ClassVar[int] = 16 * 1024 * 1024
     base_send: Any
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -163,7 +183,14 @@ class SyncConsumer(AsyncConsumer):
         # SyncToAsync (update_wrapper, coroutine checks) costs ~5 µs. Dropped at
         # the end, as it refers back to this instance.
         self._threaded_dispatch = database_sync_to_async(self._dispatch_in_thread)
-        sender = self._sender = ThreadSender(send, self.max_queued_sends)
+        cls = type(self)
+        sender = self._sender = ThreadSender(
+            send,
+            self.max_queued_sends,
+            self.max_queued_send_bytes,
+            owner=f"{cls.__module__}.{cls.__qualname__}",
+            client=scope.get("client"),
+        )
         failure: Exception | None = None
         try:
             async with anyio.create_task_group() as group:

@@ -34,6 +34,7 @@ from websockets.sync.client import connect
 from channels_runtime.compat.hypercorn_fixes import DISABLE_VARIABLE
 
 WORKER_CLASSES = ["asyncio", "uvloop", "trio"]
+APP = "tests.e2e_app.asgi:application"
 
 
 def serve(
@@ -465,5 +466,42 @@ def test_reset_clients_reach_disconnect_with_two_workers(tmp_path: Path) -> None
         wait_until(lambda: len(disconnects(events)) == 4, 15, "disconnect() never ran")
         assert disconnects(events) == ["disconnect echo 1006"] * 4
         healthy(server)
+    finally:
+        server.close()
+
+
+def test_an_http_client_that_stops_reading_is_cut_off(worker_class: str, tmp_path: Path) -> None:
+    server, events = serve(tmp_path, worker_class, "write_timeout = 1.0\n")
+    try:
+        server.start()
+        client = socket.socket()
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        client.connect(("127.0.0.1", int(server.url.rsplit(":", 1)[1])))
+        with client:
+            client.sendall(b"GET /download/?mib=64 HTTP/1.1\r\nHost: localhost\r\n\r\n")
+            wait_until(lambda: "download disconnect" in read_events(events), 10, "never cut off")
+        assert server.log().count("(write_timeout)") == 1
+        healthy(server)
+    finally:
+        server.close()
+
+
+def test_plain_hypercorn_shutdown_with_a_stalled_client_is_bounded(tmp_path: Path) -> None:
+    toml = tmp_path / "hypercorn.toml"
+    toml.write_text("graceful_timeout = 1.0\nwrite_timeout = 1.0\n")
+    server = Server(
+        [*hypercorn_command(), "--config", str(toml), "-k", "trio", "-b", "127.0.0.1:0", APP],
+        log_path=tmp_path / "hypercorn.log",
+        env=base_env(),
+    )
+    try:
+        server.start()
+        with RawWebSocket(server.url, "/ws/echo/", receive_buffer=4096) as client:
+            client.handshake()
+            _stall(client)
+            started = time.monotonic()
+            server.signal(signal.SIGTERM)
+            assert server.wait(timeout=20) == 0, server.log()
+            assert time.monotonic() - started < 1.0 + 1.0 + 3.0, server.log()
     finally:
         server.close()

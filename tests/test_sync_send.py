@@ -2,7 +2,8 @@
 
 The server side is played by plain ASGI callables whose ``send`` can be held
 up, so each test can see exactly when a frame reaches the server relative to
-what the handler thread does.
+what the handler thread does. What happens to a client too slow for the
+queue's bounds is in ``test_sync_slow_client.py``.
 """
 
 from __future__ import annotations
@@ -14,8 +15,11 @@ from typing import Any
 import anyio
 import pytest
 
+from channels_runtime.consumer import SyncConsumer
 from channels_runtime.db import database_sync_to_async
+from channels_runtime.exceptions import StopConsumer
 from channels_runtime.generic.websocket import WebsocketConsumer
+from channels_runtime.sync_send import payload_size
 
 pytestmark = pytest.mark.anyio
 
@@ -105,37 +109,84 @@ async def test_frames_are_queued_and_sent_in_order_before_the_next_message(
     assert server.sent[0]["type"] == "websocket.accept"
 
 
-async def test_send_blocks_once_the_queue_is_full(anyio_backend: Any) -> None:
-    class Small(Burst):
-        max_queued_sends = 2
+async def test_accept_waits_for_the_server(anyio_backend: Any) -> None:
+    seen_by_server_after_accept: list[int] = []
+
+    class Accepting(WebsocketConsumer):
+        channel_layer_alias = None
+
+        def connect(self) -> None:
+            self.accept()
+            seen_by_server_after_accept.append(len(server.sent))
 
     server = _Server()
-    Small.returned = threading.Event()
     async with anyio.create_task_group() as group:
-        group.start_soon(_run, Small, server)
+        group.start_soon(_run, Accepting, server)
+        await server.incoming_send.send({"type": "websocket.connect"})
+        await server.wait_sent(1)
+        await server.incoming_send.send({"type": "websocket.disconnect", "code": 1000})
+    assert seen_by_server_after_accept == [1]
+
+
+class FramesThenOther(SyncConsumer):
+    """Queues three frames, then sends a message of another type, which blocks."""
+
+    channel_layer_alias = None
+    returned: threading.Event
+
+    def websocket_connect(self, message: Message) -> None:
+        self.send({"type": "websocket.accept"})
+
+    def websocket_receive(self, message: Message) -> None:
+        for number in range(3):
+            self.send({"type": "websocket.send", "text": f"frame {number}"})
+        self.send({"type": "test.other", "text": "after the frames"})
+        self.returned.set()
+
+    def websocket_disconnect(self, message: Message) -> None:
+        raise StopConsumer
+
+
+async def test_other_messages_wait_for_the_queued_frames_and_the_server(
+    anyio_backend: Any,
+) -> None:
+    server = _Server()
+    FramesThenOther.returned = threading.Event()
+    async with anyio.create_task_group() as group:
+        group.start_soon(_run, FramesThenOther, server)
         await server.incoming_send.send({"type": "websocket.connect"})
         await server.wait_sent(1)
         server.gate = anyio.Event()
-        await server.incoming_send.send(_frame("5"))
+        await server.incoming_send.send(_frame("go"))
         await anyio.sleep(0.1)
-        assert not Small.returned.is_set()  # the third send waits for room
+        assert not FramesThenOther.returned.is_set()  # blocked behind the held frames
         server.gate.set()
         server.gate = None
-        await _thread_event_set(Small.returned)
-        await server.wait_sent(6)
-        assert server.texts() == [f"5-{n}" for n in range(5)]
+        await _thread_event_set(FramesThenOther.returned)
         await server.incoming_send.send({"type": "websocket.disconnect", "code": 1000})
+    assert [m.get("text") for m in server.sent[1:]] == [
+        "frame 0",
+        "frame 1",
+        "frame 2",
+        "after the frames",
+    ]
 
 
-async def test_max_queued_sends_zero_makes_every_send_wait(anyio_backend: Any) -> None:
+async def test_max_queued_sends_zero_makes_every_send_wait(
+    anyio_backend: Any, caplog: pytest.LogCaptureFixture
+) -> None:
     seen_by_server_at_return: list[int] = []
 
     class Blocking(WebsocketConsumer):
         channel_layer_alias = None
         max_queued_sends = 0
+        max_queued_send_bytes = 1  # no bound applies when nothing is queued
 
         def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
-            self.send(text_data="one")
+            for number in range(5):
+                self.send(text_data=f"frame {number}")
+                seen_by_server_at_return.append(len(server.sent))
+            self.close(4000)
             seen_by_server_at_return.append(len(server.sent))
 
     server = _Server()
@@ -143,18 +194,24 @@ async def test_max_queued_sends_zero_makes_every_send_wait(anyio_backend: Any) -
         group.start_soon(_run, Blocking, server)
         await server.incoming_send.send({"type": "websocket.connect"})
         await server.incoming_send.send(_frame("go"))
-        await server.wait_sent(2)
-        await server.incoming_send.send({"type": "websocket.disconnect", "code": 1000})
-    assert seen_by_server_at_return == [2]  # accept and "one" had both been taken
+        await server.wait_sent(7)
+        await server.incoming_send.send({"type": "websocket.disconnect", "code": 4000})
+    # The accept and each message had been taken when its send() returned.
+    assert seen_by_server_at_return == [2, 3, 4, 5, 6, 7]
+    assert server.texts() == [f"frame {n}" for n in range(5)]
+    assert server.sent[-1] == {"type": "websocket.close", "code": 4000}
+    assert not [r for r in caplog.records if r.name == "channels_runtime.sync_send"]
 
 
-async def test_close_goes_out_after_the_queued_frames(anyio_backend: Any) -> None:
+async def test_close_is_queued_and_goes_out_after_the_frames(anyio_backend: Any) -> None:
     class SayAndClose(WebsocketConsumer):
         channel_layer_alias = None
+        returned = threading.Event()
 
         def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
             self.send(text_data="a")
             self.send(text_data="b", close=4000)
+            self.returned.set()
 
     server = _Server()
     async with anyio.create_task_group() as group:
@@ -163,8 +220,10 @@ async def test_close_goes_out_after_the_queued_frames(anyio_backend: Any) -> Non
         await server.wait_sent(1)
         server.gate = anyio.Event()
         await server.incoming_send.send(_frame("go"))
+        # close() is queued behind the held frames; the handler did not wait for it.
+        await _thread_event_set(SayAndClose.returned)
         await anyio.sleep(0.05)
-        assert len(server.sent) == 1  # close() is waiting behind the held frames
+        assert len(server.sent) == 1
         server.gate.set()
         server.gate = None
         await server.wait_sent(4)
@@ -214,36 +273,12 @@ async def test_a_failed_send_ends_the_consumer_after_the_handler(anyio_backend: 
     assert Burst.returned.is_set()
 
 
-async def test_a_slow_client_does_not_hold_up_other_sync_consumers(anyio_backend: Any) -> None:
-    """With Channels' blocking send, a client that stops reading stalls the one
-    shared sync thread; here only its own connection waits."""
-    slow, fast = _Server(), _Server()
-    Burst.returned = threading.Event()
-    async with anyio.create_task_group() as group:
-        group.start_soon(_run, Burst, slow)
-        group.start_soon(_run, Burst, fast)
-        for server in (slow, fast):
-            await server.incoming_send.send({"type": "websocket.connect"})
-            await server.wait_sent(1)
-        slow.gate = anyio.Event()  # this client's socket is full
-        await slow.incoming_send.send(_frame("10"))
-        for _ in range(3):
-            await fast.incoming_send.send(_frame("2"))
-        await fast.wait_sent(7)
-        assert fast.texts() == ["2-0", "2-1"] * 3
-        assert slow.texts() == []
-        slow.gate.set()
-        slow.gate = None
-        await slow.wait_sent(11)
-        for server in (slow, fast):
-            await server.incoming_send.send({"type": "websocket.disconnect", "code": 1000})
-
-
 async def test_send_middleware_needing_the_sync_thread_does_not_deadlock(
     anyio_backend: Any,
 ) -> None:
-    """A middleware that does thread-sensitive work for every frame, with a full
-    queue: the blocked handler thread must not be what the middleware waits for."""
+    """A middleware that does thread-sensitive work for every frame, while the
+    handler thread blocks behind those frames (a message of another type): the
+    blocked handler thread must not be what the middleware waits for."""
     threads: set[int] = set()
 
     def note_thread() -> None:
@@ -260,20 +295,18 @@ async def test_send_middleware_needing_the_sync_thread_does_not_deadlock(
 
         return wrapped
 
-    class Small(Burst):
-        max_queued_sends = 1
-
     server = _Server()
-    Small.returned = threading.Event()
-    app = middleware(Small.as_asgi())
+    FramesThenOther.returned = threading.Event()
+    app = middleware(FramesThenOther.as_asgi())
     with anyio.fail_after(10):
         async with anyio.create_task_group() as group:
             group.start_soon(app, {"type": "websocket", "path": "/"}, server.receive, server.send)
             await server.incoming_send.send({"type": "websocket.connect"})
-            await server.incoming_send.send(_frame("5"))
-            await server.wait_sent(6)
+            await server.incoming_send.send(_frame("go"))
+            await server.wait_sent(5)
             await server.incoming_send.send({"type": "websocket.disconnect", "code": 1000})
-    assert server.texts() == [f"5-{n}" for n in range(5)]
+    assert server.texts() == [f"frame {n}" for n in range(3)]
+    assert server.sent[-1]["type"] == "test.other"
     assert threads
 
 
@@ -294,10 +327,34 @@ async def test_cancelling_the_consumer_with_frames_queued_leaves_nothing_running
     assert server.texts() == []
 
 
-async def test_the_queue_limit_is_checked(anyio_backend: Any) -> None:
-    class Negative(WebsocketConsumer):
-        max_queued_sends = -1
-
+@pytest.mark.parametrize(
+    ("attribute", "message"),
+    [
+        ("max_queued_sends", "max_queued must be 0 or more, got -1"),
+        ("max_queued_send_bytes", "max_bytes must be 0 or more, got -1"),
+    ],
+)
+async def test_the_queue_bounds_are_checked(
+    anyio_backend: Any, attribute: str, message: str
+) -> None:
+    negative = type("Negative", (WebsocketConsumer,), {attribute: -1})
     server = _Server()
-    with pytest.raises(ValueError, match="max_queued must be 0 or more, got -1"):
-        await _run(Negative, server)
+    with pytest.raises(ValueError, match=message):
+        await _run(negative, server)
+
+
+@pytest.mark.parametrize(
+    ("message", "size"),
+    [
+        ({"type": "websocket.send", "text": "hello"}, 5),
+        ({"type": "websocket.send", "text": "héllo €"}, 10),  # UTF-8, not characters
+        ({"type": "websocket.send", "text": "\ud800"}, 3),  # a lone surrogate: no error here
+        ({"type": "websocket.send", "bytes": b"\x00" * 7}, 7),
+        ({"type": "websocket.send", "bytes": bytearray(4), "text": "ignored"}, 4),
+        ({"type": "websocket.send", "bytes": None, "text": "ab"}, 2),
+        ({"type": "websocket.send", "text": 12345}, 0),  # the server's send will refuse it
+        ({"type": "websocket.send"}, 0),
+    ],
+)
+def test_payload_size(message: Message, size: int) -> None:
+    assert payload_size(message) == size

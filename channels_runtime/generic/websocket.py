@@ -417,10 +417,12 @@ class WebsocketConsumer(GroupMembership, SyncConsumer):
     """The synchronous :class:`AsyncWebsocketConsumer`: handlers are plain methods.
 
     ``connect``, ``receive`` and ``disconnect`` run in the thread-sensitive
-    thread, where the ORM can be used directly; ``accept``, ``send`` and
-    ``close`` hand their message to the event loop and return once it is
-    delivered to the server. Groups are joined and left as in the async
-    consumer (see :class:`GroupMembership`).
+    thread, where the ORM can be used directly. ``send`` and ``close`` queue
+    their message for the event loop and return at once (the thread all sync
+    consumers share never waits on a client; see
+    :mod:`channels_runtime.sync_send`); ``accept`` returns once the server has
+    it. Groups are joined and left as in the async consumer (see
+    :class:`GroupMembership`).
     """
 
     def websocket_connect(self, message: Message) -> None:
