@@ -12,7 +12,9 @@ of this package, patched in place by :func:`install`:
   switch (#307);
 * :mod:`.tcp`: bounded writes to clients that stop reading, bounded closes,
   one connection's error never ends the worker, and a way for the server's
-  shutdown to cut every connection at its deadline.
+  shutdown to cut every connection at its deadline;
+* :mod:`.h2_protocol`: an HTTP/2 connection that ends mid-response no longer
+  leaks, and an h2c upgrade with bad settings is answered over HTTP/1.1.
 
 Each module docstring says what Hypercorn does and what changes. They were
 checked against the Hypercorn versions in :data:`CHECKED_VERSIONS`; on any
@@ -72,11 +74,13 @@ def installed() -> bool:
 #: What the fixes patch or call, by module: a release that renames one of these
 #: must leave Hypercorn unpatched (and say so), not break in the middle of serving.
 _PATCH_POINTS: dict[str, tuple[str, ...]] = {
-    "hypercorn.protocol.h11": ("WSStream",),
-    "hypercorn.protocol.h2": ("WSStream",),
+    "hypercorn.protocol.h11": ("WSStream", "H11Protocol._check_protocol"),
+    "hypercorn.protocol.h2": ("WSStream", "H2Protocol.handle"),
     "hypercorn.protocol.ws_stream": (
         "ASGIWebsocketState",
         "FrameTooLargeError",
+        "Handshake",
+        "PerMessageDeflate",
         "WSStream._accept",
         "WSStream._handle_events",
         "WSStream._send_error_response",
@@ -92,8 +96,11 @@ _PATCH_POINTS: dict[str, tuple[str, ...]] = {
         "TCPServer.run",
     ),
     "hypercorn.trio.task_group": ("TaskGroup.spawn_app",),
-    "hypercorn.trio.tcp_server": ("TCPServer.protocol_send", "TCPServer.run"),
+    "hypercorn.trio.tcp_server": ("TCPServer._close", "TCPServer.protocol_send", "TCPServer.run"),
 }
+
+#: wsproto internals :class:`.ws_stream.BoundedPerMessageDeflate` reads (wsproto 1.2, 1.3).
+_DEFLATE_ATTRIBUTES = ("_decompressor", "_inbound_compressed", "_inbound_is_compressible")
 
 
 def missing_patch_points() -> list[str]:
@@ -116,6 +123,14 @@ def missing_patch_points() -> list[str]:
                 if target is None:
                     missing.append(f"{module_name}.{dotted}")
                     break
+    from wsproto.extensions import PerMessageDeflate
+
+    deflate = PerMessageDeflate()
+    missing.extend(
+        f"wsproto.extensions.PerMessageDeflate().{name}"
+        for name in _DEFLATE_ATTRIBUTES
+        if not hasattr(deflate, name)
+    )
     return missing
 
 
@@ -146,11 +161,12 @@ def install() -> bool:
                 found,
                 ", ".join(CHECKED_VERSIONS),
             )
-        from . import app_inbox, tcp, ws_stream
+        from . import app_inbox, h2_protocol, tcp, ws_stream
 
         app_inbox.install()
         ws_stream.install()
         tcp.install()
+        h2_protocol.install()
         _installed = True
     return True
 

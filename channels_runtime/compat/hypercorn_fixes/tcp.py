@@ -255,6 +255,7 @@ def _patch_trio(server_class: Any) -> None:
     import trio
 
     original_send = server_class.protocol_send
+    original_close = server_class._close
     original_run = server_class.run
 
     async def protocol_send(self: Any, event: Any) -> None:
@@ -276,7 +277,20 @@ def _patch_trio(server_class: Any) -> None:
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 await self.protocol.handle(Closed())
 
+    async def close(self: Any) -> None:
+        # Hypercorn sends the EOF without the send lock; when another task is still
+        # writing (the reader answering 400 to stray bytes while the application's
+        # response ends), trio raises BusyResourceError and that answer is lost.
+        # Wait for the write in flight (bounded by write_timeout) unless it is ours.
+        lock = self.send_lock
+        if lock.statistics().owner is trio.lowlevel.current_task():
+            await original_close(self)
+            return
+        async with lock:
+            await original_close(self)
+
     server_class.protocol_send = protocol_send
+    server_class._close = close
     server_class.run = _contained(original_run, _abort_trio)
     server_class._channels_runtime_fixed = True
 

@@ -39,11 +39,24 @@ class up. Each change fixes one behaviour of Hypercorn 0.17.3 and 0.18.0:
 * **permessage-deflate** (pgjones/hypercorn#307). Always negotiated by
   Hypercorn; ``websocket_permessage_deflate = false`` turns it off (it costs
   CPU per frame and a compressor and decompressor per connection).
+* **Decompression bombs.** With permessage-deflate on, wsproto inflates each
+  compressed chunk in full before Hypercorn compares the message with
+  ``websocket_max_message_size``: one 64 KiB frame of compressed zeros became
+  64 MiB and blocked the loop for a second and a half. Here inflating stops
+  at the limit (:class:`BoundedPerMessageDeflate`) and the connection closes
+  with 1009.
+* **Non-ASCII bytes in the handshake's** ``Connection``,
+  ``Sec-WebSocket-Extensions`` or ``Sec-WebSocket-Protocol`` headers make
+  Hypercorn's handshake parser raise ``UnicodeDecodeError`` (on the trio
+  worker without these fixes, that stops the worker). Here such a handshake
+  is invalid and answered with 400 (:class:`TolerantHandshake`).
 """
 
 from __future__ import annotations
 
 import logging
+import zlib
+from contextvars import ContextVar
 from typing import Any
 
 import anyio
@@ -52,14 +65,23 @@ from hypercorn.protocol.events import Body, Data, StreamClosed
 from hypercorn.protocol.ws_stream import (
     ASGIWebsocketState,
     FrameTooLargeError,
+    Handshake,
     WSStream,
 )
 from wsproto.connection import ConnectionState
 from wsproto.events import CloseConnection, Message, Ping, Pong
+from wsproto.extensions import PerMessageDeflate
+from wsproto.frame_protocol import CloseReason
 
 from .options import PERMESSAGE_DEFLATE, PING_TIMEOUT, option
 
-__all__ = ["CLOSE_TIMEOUT", "WebSocketStream", "install"]
+__all__ = [
+    "CLOSE_TIMEOUT",
+    "BoundedPerMessageDeflate",
+    "TolerantHandshake",
+    "WebSocketStream",
+    "install",
+]
 
 logger = logging.getLogger("channels_runtime.server")
 
@@ -69,6 +91,58 @@ CLOSE_TIMEOUT = 10.0
 _ABNORMAL = 1006
 _INTERNAL_ERROR = 1011
 _MESSAGE_TOO_BIG = 1009
+
+
+#: The message size limit of the handshake being accepted, for the extension it creates.
+_inflate_limit: ContextVar[int | None] = ContextVar("channels_runtime_inflate_limit", default=None)
+
+
+class BoundedPerMessageDeflate(PerMessageDeflate):
+    """wsproto's permessage-deflate, inflating no message past the server's size limit."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.max_message_size: int | None = _inflate_limit.get()
+        self._inflated = 0  # bytes of the current message inflated so far
+
+    def frame_inbound_payload_data(self, proto: Any, data: bytes) -> bytes | CloseReason:
+        limit = self.max_message_size
+        decompressor = self._decompressor
+        if (
+            limit is None
+            or decompressor is None
+            or not self._inbound_compressed
+            or not self._inbound_is_compressible
+        ):
+            return super().frame_inbound_payload_data(proto, data)
+        budget = limit + 1 - self._inflated
+        try:
+            inflated = decompressor.decompress(bytes(data), max(budget, 1))
+        except zlib.error:
+            return CloseReason.INVALID_FRAME_PAYLOAD_DATA
+        self._inflated += len(inflated)
+        if decompressor.unconsumed_tail or self._inflated > limit:
+            return CloseReason.MESSAGE_TOO_BIG
+        return inflated
+
+    def frame_inbound_complete(self, proto: Any, fin: bool) -> bytes | CloseReason | None:
+        if fin:
+            self._inflated = 0
+        return super().frame_inbound_complete(proto, fin)
+
+
+class TolerantHandshake(Handshake):
+    """Hypercorn's handshake parser, treating undecodable header values as invalid."""
+
+    def __init__(self, headers: list[tuple[bytes, bytes]], http_version: str) -> None:
+        try:
+            super().__init__(headers, http_version)
+        except UnicodeDecodeError:
+            # is_valid() then refuses it, and Hypercorn answers 400 as for any
+            # other malformed handshake.
+            self.version = None
+            self.extensions = None
+            self.subprotocols = None
 
 
 def _peer(client: Any) -> str:
@@ -223,7 +297,12 @@ class WebSocketStream(WSStream):
             self.handshake.extensions = None  # no offer seen, so none accepted
         if self.config.websocket_ping_interval is not None:
             self._ended()  # before the ping task exists, so it can wait on it
-        await super()._accept(message)
+        # The extension is made inside Hypercorn's accept; it reads its limit here.
+        token = _inflate_limit.set(int(self.config.websocket_max_message_size))
+        try:
+            await super()._accept(message)
+        finally:
+            _inflate_limit.reset(token)
 
     async def _end_after_close_timeout(self) -> None:
         """After a server close, give the client :data:`CLOSE_TIMEOUT` s to answer."""
@@ -273,9 +352,16 @@ class WebSocketStream(WSStream):
 
 
 def install() -> None:
-    """Make Hypercorn's HTTP/1.1 and HTTP/2 protocols use :class:`WebSocketStream`."""
+    """Make Hypercorn's HTTP/1.1 and HTTP/2 protocols use :class:`WebSocketStream`.
+
+    Also puts :class:`TolerantHandshake` and :class:`BoundedPerMessageDeflate`
+    where Hypercorn's WebSocket stream looks them up.
+    """
     import hypercorn.protocol.h2 as h2_protocol
     import hypercorn.protocol.h11 as h11_protocol
+    import hypercorn.protocol.ws_stream as ws_stream_module
 
     h11_protocol.WSStream = WebSocketStream  # type: ignore[misc]
     h2_protocol.WSStream = WebSocketStream  # type: ignore[misc]
+    ws_stream_module.Handshake = TolerantHandshake  # type: ignore[misc]
+    ws_stream_module.PerMessageDeflate = BoundedPerMessageDeflate  # type: ignore[misc]
