@@ -103,6 +103,9 @@ def _write_limit(config: Any) -> float:
 
 
 def _peer(server: Any) -> str:
+    known = getattr(server, "_channels_runtime_peer", None)
+    if known is not None:
+        return str(known)
     try:
         if hasattr(server, "writer"):
             name = server.writer.get_extra_info("peername")
@@ -305,6 +308,8 @@ def _contained(
 
     async def contained_run(self: Any) -> None:
         self._channels_runtime_abort = abort
+        # Looked up now: once the socket is closed (trio) the address is gone.
+        self._channels_runtime_peer = _peer(self)
         _open.add(self)
         try:
             await run(self)
