@@ -174,6 +174,15 @@ class WebSocketStream(WSStream):
     async def handle(self, event: Any) -> None:
         if self.closed:
             return
+        if type(event) is Data:
+            # The hot path, frames from the client: Hypercorn's own steps, without
+            # going through its handle() and its chain of isinstance checks again.
+            if self.handshake.accepted:
+                self.connection.receive_data(event.data)
+                await self._handle_events()
+            else:
+                await self._refuse_early_data()
+            return
         if isinstance(event, StreamClosed):
             self.closed = True
             if self._closed_event is not None:
