@@ -264,7 +264,8 @@ class AuthMiddleware(BaseMiddleware):
         scope = dict(scope)
         self.populate_scope(scope)
         await self.resolve_scope(scope)
-        await super().__call__(scope, receive, send)
+        # Returned, as Channels' middleware return the inner application's value.
+        return await super().__call__(scope, receive, send)
 
 
 def AuthMiddlewareStack(inner: ASGIApp) -> ASGIApp:

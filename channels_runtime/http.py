@@ -77,7 +77,7 @@ import sys
 import tempfile
 import threading
 import weakref
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing
 from typing import IO, Any, Final, cast
@@ -91,7 +91,7 @@ from asgiref.sync import iscoroutinefunction
 from django.conf import settings
 from django.core import signals
 from django.core.exceptions import ImproperlyConfigured, RequestDataTooBig
-from django.core.handlers.asgi import ASGIHandler, ASGIRequest, get_script_prefix
+from django.core.handlers.asgi import ASGIHandler, ASGIRequest
 from django.core.handlers.base import BaseHandler
 from django.http import (
     FileResponse,
@@ -104,6 +104,22 @@ from django.urls import URLPattern, URLResolver, get_resolver, set_script_prefix
 from .asgi import Message, Receive, Scope, Send
 from .compat.backend import ensure_bridge, running_on_trio
 from .sync import SyncToAsync, ThreadSensitiveContext, async_to_sync, sync_to_async
+
+try:
+    from django.core.handlers.asgi import get_script_prefix
+except ImportError:  # Django < 5.0 has it only as a method of ASGIHandler.
+
+    def get_script_prefix(scope: Mapping[str, Any]) -> str:
+        """The script prefix for ``scope``: ``FORCE_SCRIPT_NAME``, else the ASGI ``root_path``.
+
+        What Django 5's ``django.core.handlers.asgi.get_script_prefix`` returns;
+        Django 4.2, which pyproject supports, only has it as
+        ``ASGIHandler.get_script_prefix``, so without this the module would not import.
+        """
+        if settings.FORCE_SCRIPT_NAME:
+            return str(settings.FORCE_SCRIPT_NAME)
+        return scope.get("root_path", "") or ""
+
 
 __all__ = [
     "DEFAULT_HTTP_THREADS",

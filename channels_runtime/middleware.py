@@ -20,6 +20,10 @@ class BaseMiddleware:
     the scope that the server and outer middleware hold. Values are shared, not
     copied: mutating, say, the ``headers`` list in place is still visible
     outside.
+
+    ``__call__`` returns whatever the inner application returns, as Channels'
+    does, so a subclass that returns ``await super().__call__(...)`` passes the
+    value up too.
     """
 
     def __init__(self, inner: ASGIApp) -> None:

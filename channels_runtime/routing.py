@@ -7,9 +7,14 @@ we are quieter and stricter at the right moment:
 
 * ``ProtocolTypeRouter`` answers the ``lifespan`` scope itself, so servers do
   not log a lifespan error and channel layers are closed at shutdown;
-* ``URLRouter`` checks its routes when it is built, and refuses an unmatched
-  connection the way the protocol expects (websocket handshake denied, HTTP
-  404) with one warning line instead of an exception traceback.
+* ``URLRouter`` checks its routes when it is built. An unmatched path raises
+  :class:`NoRouteFound`, a ``ValueError`` as in Channels, and
+  ``ProtocolTypeRouter`` turns it into the refusal the protocol expects
+  (websocket handshake denied, HTTP 404) with one warning line instead of an
+  exception traceback.
+
+Like Channels' routers, each router returns whatever the application it picked
+returns, so wrappers and tests can see it.
 
 Routing runs once per connection. All pattern preparation (regex compilation,
 prefix variants of nested routes) happens at construction, never per call.
@@ -36,6 +41,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "ChannelNameRouter",
+    "NoRouteFound",
     "ProtocolTypeRouter",
     "URLRouter",
     "get_default_application",
@@ -92,6 +98,61 @@ def get_default_application() -> ASGIApp:
     return cast(ASGIApp, application)
 
 
+class NoRouteFound(ValueError):
+    """No ``URLRouter`` route matches the connection's path.
+
+    A ``ValueError``, because that is what Channels raises, so code and tests
+    that expect one keep working. :class:`ProtocolTypeRouter` catches it for
+    ``websocket`` and ``http`` scopes and refuses the client instead (see
+    :func:`refuse_unrouted`): a wrong URL is the client's mistake, not a server
+    error. ``path`` is the connection's full path and ``scope_type`` its type.
+    """
+
+    def __init__(self, path: str | None, scope_type: str | None) -> None:
+        super().__init__(f"No route found for path {path!r} ({scope_type})")
+        self.path = path
+        self.scope_type = scope_type
+
+
+#: Scope types whose unmatched connections are refused rather than raised.
+_REFUSED_TYPES = frozenset({"websocket", "http"})
+
+
+async def refuse_unrouted(scope: Scope, receive: Receive, send: Send) -> None:
+    """Turn a client with an unrouted path away as its protocol expects, logging one warning.
+
+    A websocket handshake is closed before being accepted (the server answers
+    403), unless the client already left; an HTTP request's body is read and
+    discarded, then answered ``404 Not Found``, unless the client left first.
+    """
+    scope_type = scope.get("type")
+    full_path = scope.get("path")
+    logger.warning("No route found for path %r (%s)", full_path, scope_type)
+    if scope_type == "websocket":
+        message = await receive()
+        if message.get("type") != "websocket.disconnect":
+            await send({"type": "websocket.close"})
+        return
+    while True:
+        message = await receive()
+        if message.get("type") == "http.disconnect":
+            return
+        if message.get("type") == "http.request" and not message.get("more_body"):
+            break
+    body = b"Not Found"
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 404,
+            "headers": [
+                (b"content-type", b"text/plain; charset=utf-8"),
+                (b"content-length", str(len(body)).encode("ascii")),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
 class ProtocolTypeRouter:
     """Send each connection to the application mapped to its ``scope["type"]``.
 
@@ -100,6 +161,12 @@ class ProtocolTypeRouter:
     layer this process created. Without this, Channels' behaviour (raising for
     the unmapped ``lifespan`` type) makes Hypercorn log "ASGI Framework Lifespan
     error" at every start and leaves layer connections to die with the process.
+
+    A :class:`NoRouteFound` from a ``URLRouter`` below, for a ``websocket`` or
+    ``http`` connection, is answered here with :func:`refuse_unrouted`. Being the
+    application the server calls, this is where it is known that nothing else
+    will handle the error; the routers themselves raise, as Channels' do.
+    The mapped application's return value is returned, as in Channels.
     """
 
     def __init__(self, application_mapping: Mapping[str, ASGIApp]) -> None:
@@ -118,7 +185,16 @@ class ProtocolTypeRouter:
             if scope_type == "http":
                 # Django's ASGIHandler is asyncio-only: on trio, say what to use instead.
                 check_http_application(application)
-            await application(scope, receive, send)
+            try:
+                return await application(scope, receive, send)
+            except NoRouteFound:
+                # A URLRouter raises before calling anything, so nothing has been
+                # sent to the client yet and refusing it now is still possible.
+                if scope_type not in _REFUSED_TYPES:
+                    raise
+            # Refused outside the ``except`` block, so the exception is not kept
+            # alive (and chained) while waiting on the client.
+            await refuse_unrouted(scope, receive, send)
         elif scope_type == "lifespan":
             await self._lifespan(receive, send)
         else:
@@ -255,10 +331,12 @@ class URLRouter:
     the unmatched tail to nested routers, as in Channels. The outermost router
     strips ``scope["root_path"]`` first.
 
-    A path no route matches is refused for the client (websocket handshake
-    denied, HTTP 404) and logged as one warning. Because a whole chain of nested
-    routers is resolved before anything is called, a nested router that does not
-    match simply lets the next route be tried.
+    A path no route matches raises :class:`NoRouteFound` (a ``ValueError``, as
+    in Channels) before anything is called; under :class:`ProtocolTypeRouter`
+    the client is then refused (websocket handshake denied, HTTP 404) with one
+    warning line. Because a whole chain of nested routers is resolved before
+    anything is called, a nested router that does not match simply lets the
+    next route be tried. The matched application's return value is returned.
     """
 
     #: Channels' marker for "this app routes on the rest of the path".
@@ -295,8 +373,7 @@ class URLRouter:
                 path = self._strip_root_path(path, root_path)
         resolved = self._resolve(path) if path is not None else None
         if resolved is None:
-            await self._refuse(scope, receive, send)
-            return
+            raise NoRouteFound(scope.get("path"), scope.get("type"))
         route, remaining, args, kwargs = resolved
         outer = scope.get("url_route") or {}
         inner_scope = dict(
@@ -307,7 +384,7 @@ class URLRouter:
                 "kwargs": {**outer.get("kwargs", {}), **kwargs},
             },
         )
-        await route.callback(inner_scope, receive, send)
+        return await route.callback(inner_scope, receive, send)
 
     @staticmethod
     def _strip_root_path(path: str, root_path: str) -> str | None:
@@ -321,42 +398,12 @@ class URLRouter:
             return path[len(root) :]
         return None
 
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Turn the client away as its protocol expects, with one warning line."""
-        scope_type = scope.get("type")
-        full_path = scope.get("path")
-        if scope_type == "websocket":
-            logger.warning("No route found for path %r (websocket)", full_path)
-            message = await receive()
-            if message.get("type") != "websocket.disconnect":
-                # Closing before accepting makes the server reject the handshake (403).
-                await send({"type": "websocket.close"})
-        elif scope_type == "http":
-            logger.warning("No route found for path %r (http)", full_path)
-            while True:
-                message = await receive()
-                if message.get("type") == "http.disconnect":
-                    return
-                if message.get("type") == "http.request" and not message.get("more_body"):
-                    break
-            body = b"Not Found"
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 404,
-                    "headers": [
-                        (b"content-type", b"text/plain; charset=utf-8"),
-                        (b"content-length", str(len(body)).encode("ascii")),
-                    ],
-                }
-            )
-            await send({"type": "http.response.body", "body": body})
-        else:
-            raise ValueError(f"No route found for path {full_path!r} ({scope_type})")
-
 
 class ChannelNameRouter:
-    """Send each ``channel`` scope (worker mode) to the app mapped to ``scope["channel"]``."""
+    """Send each ``channel`` scope (worker mode) to the app mapped to ``scope["channel"]``.
+
+    Returns the mapped application's return value, as Channels does.
+    """
 
     def __init__(self, application_mapping: Mapping[str, ASGIApp]) -> None:
         self.application_mapping = application_mapping
@@ -376,4 +423,4 @@ class ChannelNameRouter:
                 f"No application configured for channel name {channel!r} "
                 f"(configured channels: {known})"
             )
-        await application(scope, receive, send)
+        return await application(scope, receive, send)

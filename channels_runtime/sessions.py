@@ -38,6 +38,7 @@ from .compat.backend import ensure_bridge
 __all__ = [
     "CookieMiddleware",
     "InstanceSessionWrapper",
+    "InvalidSameSite",
     "SessionMiddleware",
     "SessionMiddlewareStack",
 ]
@@ -51,6 +52,23 @@ _SAMESITE_VALUES = ("lax", "strict", "none")
 _EPOCH = "Thu, 01 Jan 1970 00:00:00 GMT"
 
 SameSite = str | Literal[False] | None
+
+
+class InvalidSameSite(ValueError, AssertionError):
+    """A ``samesite`` value other than ``"lax"``, ``"strict"`` or ``"none"``.
+
+    Both a ``ValueError``, what Django's ``HttpResponse.set_cookie`` raises, and
+    an ``AssertionError``, what Channels' ``assert`` raises, so code written
+    against either catches it. Unlike an ``assert`` it is also raised under
+    ``python -O``.
+    """
+
+    def __init__(self, samesite: object) -> None:
+        # Channels' wording, word for word; the rejected value goes in a note so
+        # the message itself stays what tests written for Channels compare against.
+        super().__init__("samesite must be either 'strict', 'lax' or 'none'")
+        self.samesite = samesite
+        self.add_note(f"samesite was {samesite!r}")
 
 
 async def run_session_method(session: Any, name: str, *args: Any) -> Any:
@@ -92,7 +110,8 @@ class CookieMiddleware:
             if name.lower() == b"cookie"
         ]
         cookies = parse_cookie("; ".join(parts)) if parts else {}
-        await self.inner(dict(scope, cookies=cookies), receive, send)
+        # Returned, as Channels' middleware return the inner application's value.
+        return await self.inner(dict(scope, cookies=cookies), receive, send)
 
     @classmethod
     def set_cookie(
@@ -115,7 +134,8 @@ class CookieMiddleware:
         (naive means UTC), from which ``max_age`` is worked out — so passing
         both a datetime and ``max_age`` is ambiguous and refused. ``samesite``
         must be ``"lax"``, ``"strict"`` or ``"none"`` (any case), or a false
-        value to leave the attribute out.
+        value to leave the attribute out; anything else raises
+        :class:`InvalidSameSite`.
         """
         morsels: SimpleCookie = SimpleCookie()
         morsels[key] = force_str(value)
@@ -149,7 +169,7 @@ class CookieMiddleware:
             morsel["httponly"] = True
         if samesite:
             if samesite.lower() not in _SAMESITE_VALUES:
-                raise ValueError(f"samesite must be 'lax', 'strict' or 'none', not {samesite!r}")
+                raise InvalidSameSite(samesite)
             morsel["samesite"] = samesite
         headers = list(message.get("headers", ()))
         headers.append((b"Set-Cookie", morsel.OutputString().encode("latin1")))
@@ -337,7 +357,7 @@ class SessionMiddleware:
         ensure_bridge()
         wrapper = InstanceSessionWrapper(scope, send)
         await wrapper.resolve_session()
-        await self.inner(wrapper.scope, receive, wrapper.send)
+        return await self.inner(wrapper.scope, receive, wrapper.send)
 
 
 def SessionMiddlewareStack(inner: ASGIApp) -> ASGIApp:

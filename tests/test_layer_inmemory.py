@@ -339,7 +339,12 @@ async def test_abandoned_channels_are_released_after_expiry() -> None:
     await layer.group_add("room", names[0])
     assert len(layer._channels) == 5000
     await anyio.sleep(0.25)
-    await layer.send("someone.else", {"type": "x"})  # any operation sweeps
+    # send() leaves other channels alone, as Channels' does: their expired messages
+    # are still listed, as in Channels' channels dict ...
+    await layer.send("someone.else", {"type": "x"})
+    assert len(layer.channels) == 5001
+    # ... until a receive (or a group operation) sweeps them.
+    assert await layer.receive("someone.else") == {"type": "x"}
     assert set(layer._channels) == {"someone.else"}
     # A channel whose message expired has left its groups (as in Channels).
     assert layer._groups == {}
@@ -540,7 +545,8 @@ async def test_handed_message_outlives_swept_channel(anyio_backend: Any) -> None
     time.sleep(0.1)  # noqa: ASYNC251 - blocking on purpose: the waiter must not run yet
     await layer.send("swept", {"n": 1})  # handed over, expires at t0 + 0.3
     time.sleep(0.12)  # noqa: ASYNC251
-    await layer.send("elsewhere", {"type": "x"})  # sweeps "swept": it looks idle
+    # Any receive or group operation sweeps (send does not): "swept" looks idle.
+    await layer.group_send("nobody", {"type": "x"})
     assert "swept" not in layer._channels
     waiter.cancel()
     with pytest.raises(asyncio.CancelledError):

@@ -118,6 +118,12 @@ def routing_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]
     return [r for r in caplog.records if r.name == "channels_runtime.routing"]
 
 
+def served(router: Any) -> ProtocolTypeRouter:
+    """``router`` as a server would call it: below ProtocolTypeRouter, which refuses
+    the connections it cannot route (URLRouter itself raises NoRouteFound)."""
+    return ProtocolTypeRouter({"websocket": router, "http": router})
+
+
 # -- ProtocolTypeRouter --------------------------------------------------------
 
 
@@ -235,7 +241,7 @@ async def test_path_is_an_endpoint_and_converter_mismatch_does_not_match(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     room = Recorder()
-    router = URLRouter([path("rooms/<int:room_id>/", room)])
+    router = served(URLRouter([path("rooms/<int:room_id>/", room)]))
     assert await run_app(router, ws_scope("/rooms/abc/"), [{"type": "websocket.connect"}]) == [
         {"type": "websocket.close"}
     ]
@@ -393,7 +399,7 @@ async def test_root_path_is_stripped_before_matching() -> None:
 )
 async def test_path_outside_root_path_is_refused(url: str) -> None:
     app = Recorder()
-    router = URLRouter([path("chat/<int:room>/", app), re_path(r"^.*$", app)])
+    router = served(URLRouter([path("chat/<int:room>/", app), re_path(r"^.*$", app)]))
     sent = await run_app(router, ws_scope(url, root_path="/mount"), [{"type": "websocket.connect"}])
     assert sent == [{"type": "websocket.close"}]
     assert app.scopes == []
@@ -427,7 +433,7 @@ async def test_unmatched_websocket_is_denied_with_one_warning(
 
 @pytest.mark.anyio
 async def test_unmatched_websocket_that_disconnects_first_gets_nothing_sent() -> None:
-    router = URLRouter([])
+    router = served(URLRouter([]))
     sent = await run_app(router, ws_scope("/x/"), [{"type": "websocket.disconnect", "code": 1006}])
     assert sent == []
 
@@ -436,7 +442,7 @@ async def test_unmatched_websocket_that_disconnects_first_gets_nothing_sent() ->
 async def test_unmatched_http_reads_the_body_and_answers_404(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    router = URLRouter([path("chat/", Recorder())])
+    router = served(URLRouter([path("chat/", Recorder())]))
     body = [
         {"type": "http.request", "body": b"a", "more_body": True},
         {"type": "http.request", "body": b"b", "more_body": True},
@@ -454,7 +460,7 @@ async def test_unmatched_http_reads_the_body_and_answers_404(
 @pytest.mark.anyio
 async def test_unmatched_http_client_gone_gets_no_response() -> None:
     sent = await run_app(
-        URLRouter([]),
+        served(URLRouter([])),
         http_scope("/x/"),
         [{"type": "http.request", "body": b"", "more_body": True}, {"type": "http.disconnect"}],
     )
@@ -474,7 +480,7 @@ async def test_unmatched_nested_router_behind_opaque_wrapper_is_refused_too() ->
         async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
             await self._app(scope, receive, send)
 
-    router = URLRouter([path("ws/", Opaque(URLRouter([path("a/", Recorder())])))])
+    router = served(URLRouter([path("ws/", Opaque(URLRouter([path("a/", Recorder())])))]))
     sent = await run_app(router, ws_scope("/ws/b/"), [{"type": "websocket.connect"}])
     assert sent == [{"type": "websocket.close"}]
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 import anyio
@@ -72,10 +73,23 @@ def websocket_frame_data(message: Message) -> dict[str, Any]:
 def websocket_accept_message(
     subprotocol: str | None = None, headers: HeadersArg | None = None
 ) -> Message:
-    """A ``websocket.accept`` message; ``headers`` are included only when given."""
+    """A ``websocket.accept`` message; ``headers`` are included only when given.
+
+    Header names and values are encoded to bytes, but each pair keeps the shape
+    it was given in: Channels passes accept headers through as they are, so a
+    pair given as a list (``[[b"foo", b"bar"]]``) stays a list, and code
+    comparing ``response_headers`` with what it passed still finds it equal.
+    """
     message: Message = {"type": "websocket.accept", "subprotocol": subprotocol}
     if headers is not None:
-        message["headers"] = encode_headers(headers)
+        if isinstance(headers, Mapping):
+            message["headers"] = encode_headers(headers)
+        else:
+            given = list(headers)
+            message["headers"] = [
+                list(pair) if isinstance(original, list) else pair
+                for original, pair in zip(given, encode_headers(given), strict=True)
+            ]
     return message
 
 

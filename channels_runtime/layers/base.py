@@ -62,11 +62,13 @@ class BaseChannelLayer:
 
     channel_name_regex: ClassVar[Pattern[str]] = re.compile(r"^[a-zA-Z\d\-_.]+(\![\d\w\-_.]*)?$")
     group_name_regex: ClassVar[Pattern[str]] = re.compile(r"^[a-zA-Z\d\-_.]+$")
+    #: Channels' template, with its single ``{}`` for "Channel" or "Group": code
+    #: written for Channels formats it to know the message to expect. The
+    #: rejected name is appended after it (see :meth:`_invalid_name`).
     invalid_name_error: ClassVar[str] = (
         "{} name must be a valid unicode string with length < "
         + str(MAX_NAME_LENGTH)
-        + " containing only ASCII alphanumerics, hyphens, underscores, or periods,"
-        + " not {!r}"
+        + " containing only ASCII alphanumerics, hyphens, underscores, or periods."
     )
 
     def __init__(
@@ -104,6 +106,11 @@ class BaseChannelLayer:
     def match_type_and_length(self, name: object) -> bool:
         return isinstance(name, str) and len(name) < self.MAX_NAME_LENGTH
 
+    def _invalid_name(self, kind: str, name: object) -> TypeError:
+        """The error for a bad ``kind`` ("Channel" or "Group") name: Channels'
+        message, which starts it unchanged, then the name that was refused."""
+        return TypeError(f"{self.invalid_name_error.format(kind)} Got {name!r}.")
+
     def require_valid_channel_name(self, name: str, receive: bool = False) -> bool:
         """Raise ``TypeError`` naming ``name`` unless it is a valid channel name.
 
@@ -112,7 +119,7 @@ class BaseChannelLayer:
         """
         # fullmatch, not match: "$" alone would also accept a trailing newline.
         if not self.match_type_and_length(name) or not self.channel_name_regex.fullmatch(name):
-            raise TypeError(self.invalid_name_error.format("Channel", name))
+            raise self._invalid_name("Channel", name)
         if receive and "!" in name and not name.endswith("!"):
             raise TypeError(f"Specific channel names in receive() must end at the !, not {name!r}")
         return True
@@ -120,7 +127,7 @@ class BaseChannelLayer:
     def require_valid_group_name(self, name: str) -> bool:
         """Raise ``TypeError`` naming ``name`` unless it is a valid group name."""
         if not self.match_type_and_length(name) or not self.group_name_regex.fullmatch(name):
-            raise TypeError(self.invalid_name_error.format("Group", name))
+            raise self._invalid_name("Group", name)
         return True
 
     def valid_channel_names(self, names: list[str], receive: bool = False) -> bool:

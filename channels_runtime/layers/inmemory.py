@@ -10,14 +10,26 @@ or group it names, plus an amortised O(1) share of the expiry bookkeeping:
 * each channel is a :class:`_Channel` holding its queued ``(expires_at, message)``
   pairs in arrival order and a FIFO of waiting receivers;
 * one time-ordered *timeline* lists channels that need looking at later. Its
-  head is checked at the start of every operation; channels whose turn has come
-  lose their expired messages and, once empty and unwatched, are deleted. This
-  sweep is lazy: memory held by abandoned channels is given back by whichever
-  operation runs after it expired, not by a background task (there is none, so
-  nothing here belongs to an event loop and the layer can outlive one);
+  head is checked at the start of every ``receive`` and group operation;
+  channels whose turn has come lose their expired messages and, once empty and
+  unwatched, are deleted. This sweep is lazy: memory held by abandoned channels
+  is given back by the next such operation after it expired, not by a
+  background task (there is none, so nothing here belongs to an event loop and
+  the layer can outlive one). ``send`` leaves other channels alone, as
+  Channels' ``send`` does, so a channel's expired messages stay visible in
+  :attr:`~InMemoryChannelLayer.channels` until the next receive, as they do
+  there; a send that finds its own channel full drops that channel's expired
+  messages before deciding it is full;
 * group memberships expire lazily too: when ``group_send`` meets them, and in an
   occasional full pass whose cost is paid for by the ``group_add`` calls that
   created the garbage.
+
+Channels' layer keeps its state in two public dicts, ``channels`` (name to
+``asyncio.Queue``) and ``groups`` (group to ``{channel: join time}``), and test
+suites read them. Here they are views computed from the tables above when read
+(see :class:`ChannelsView` and :class:`GroupsView`): lookup, ``in``, ``len()``,
+iteration and ``del`` work as on Channels' dicts. The hot paths keep their own
+layout; all they pay for the views is the ``in_flight`` count of :class:`_Channel`.
 
 The layer is not thread-safe: use it from one event loop at a time (``async_to_sync``
 called from ``sync_to_async`` code runs on the calling loop, which is fine).
@@ -29,7 +41,7 @@ import random
 import string
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from copy import deepcopy
 from typing import Any
 
@@ -37,7 +49,7 @@ from ..compat.wakeup import new_wakeup
 from ..exceptions import ChannelFull
 from .base import BaseChannelLayer, CapacityPattern, Message
 
-__all__ = ["InMemoryChannelLayer", "copy_message"]
+__all__ = ["ChannelsView", "GroupsView", "InMemoryChannelLayer", "QueueView", "copy_message"]
 
 _monotonic = time.monotonic
 # Maps each byte to an ASCII letter: ten times cheaper than random.choices.
@@ -138,10 +150,12 @@ class _Channel:
     fraction of a ``deque``'s 760 bytes, and no tuple per message.
     While no receiver is waiting the channel is on the layer's timeline
     (``scheduled``), which is how expired messages and idle channels get
-    collected without scanning.
+    collected without scanning. ``in_flight`` counts messages handed to a
+    receiver that has not resumed yet: in Channels such a message is still in
+    the queue, so the ``channels`` view still lists the channel.
     """
 
-    __slots__ = ("capacity", "due", "head", "items", "name", "scheduled", "waiters")
+    __slots__ = ("capacity", "due", "head", "in_flight", "items", "name", "scheduled", "waiters")
 
     def __init__(self, name: str, capacity: int) -> None:
         self.name = name
@@ -151,6 +165,190 @@ class _Channel:
         self.waiters: deque[_Waiter] | None = None
         self.scheduled = False
         self.due = 0.0
+        self.in_flight = 0
+
+    def queued(self) -> int:
+        """Messages in the queue, expired or not (as a Channels queue's ``qsize``)."""
+        return (len(self.items) - self.head) >> 1
+
+    def in_use(self) -> bool:
+        """Whether Channels would have this channel in its ``channels`` dict: it
+        holds messages (expired ones too, until swept), or a receiver waits on it
+        or has been handed a message it has not taken yet."""
+        return bool(self.head < len(self.items) or self.waiters or self.in_flight)
+
+
+class QueueView:
+    """A read-only stand-in for the ``asyncio.Queue`` Channels keeps per channel.
+
+    Only the questions tests ask of it: ``qsize()``, ``empty()``, ``full()``
+    and ``maxsize``. Counts include messages that have expired but not been
+    swept yet, and one handed to a receiver that has not resumed, as a Channels
+    queue would hold them.
+    """
+
+    __slots__ = ("_channel",)
+
+    def __init__(self, channel: _Channel) -> None:
+        self._channel = channel
+
+    @property
+    def maxsize(self) -> int:
+        return self._channel.capacity
+
+    def qsize(self) -> int:
+        return self._channel.queued() + self._channel.in_flight
+
+    def empty(self) -> bool:
+        return self.qsize() == 0
+
+    def full(self) -> bool:
+        return self.qsize() >= self._channel.capacity
+
+    def __repr__(self) -> str:
+        return f"<QueueView {self._channel.name!r} qsize={self.qsize()} maxsize={self.maxsize}>"
+
+
+class ChannelsView(Mapping[str, QueueView]):
+    """``layer.channels``: Channels' ``{name: queue}`` dict, computed on access.
+
+    Lists the channels Channels' dict would hold (see ``_Channel.in_use``):
+    a channel whose last message was received drops out, as it does there.
+    Reading one name costs a dict lookup; ``len()`` and iteration walk every
+    channel the layer tracks, which is fine for tests and never done by the
+    layer itself. ``del view[name]`` drops the channel and its queued
+    messages; receivers already waiting on it keep waiting for the next
+    message sent to that name (in Channels they would wait forever on the
+    discarded queue), so such a channel stays listed.
+    """
+
+    __slots__ = ("_layer",)
+
+    def __init__(self, layer: InMemoryChannelLayer) -> None:
+        self._layer = layer
+
+    def _get(self, name: object) -> _Channel | None:
+        try:
+            ch = self._layer._channels.get(name)  # type: ignore[call-overload]
+        except TypeError:  # unhashable: certainly not a channel
+            return None
+        return ch if ch is not None and ch.in_use() else None
+
+    def __getitem__(self, name: str) -> QueueView:
+        ch = self._get(name)
+        if ch is None:
+            raise KeyError(name)
+        return QueueView(ch)
+
+    def __contains__(self, name: object) -> bool:
+        return self._get(name) is not None
+
+    def __iter__(self) -> Iterator[str]:
+        # A snapshot: the test may send, receive or delete while iterating.
+        return iter([name for name, ch in self._layer._channels.items() if ch.in_use()])
+
+    def __len__(self) -> int:
+        return sum(1 for ch in self._layer._channels.values() if ch.in_use())
+
+    def __delitem__(self, name: str) -> None:
+        ch = self._get(name)
+        if ch is None:
+            raise KeyError(name)
+        if ch.waiters:
+            ch.items = []
+            ch.head = 0
+        else:
+            # Its timeline entry, if any, is skipped by the sweep from now on.
+            del self._layer._channels[name]
+
+    def __repr__(self) -> str:
+        return f"<ChannelsView {list(self)!r}>"
+
+
+class GroupMembersView(Mapping[str, float]):
+    """``layer.groups[group]``: ``{channel: join time}`` for the group's live members.
+
+    Join times are wall-clock seconds (``time.time()``), as Channels stores
+    them. Memberships past ``group_expiry`` are left out, because a
+    ``group_send`` would no longer reach them; here they are only swept
+    lazily. ``del members[channel]`` is ``group_discard``.
+    """
+
+    __slots__ = ("_group", "_layer")
+
+    def __init__(self, layer: InMemoryChannelLayer, group: str) -> None:
+        self._layer = layer
+        self._group = group
+
+    def _members(self) -> dict[str, float]:
+        return self._layer._groups.get(self._group) or {}
+
+    def __getitem__(self, channel: str) -> float:
+        until = self._members()[channel]
+        now = _monotonic()
+        if until <= now:
+            raise KeyError(channel)
+        return time.time() - (now - (until - self._layer.group_expiry))
+
+    def __iter__(self) -> Iterator[str]:
+        now = _monotonic()
+        return iter([channel for channel, until in self._members().items() if until > now])
+
+    def __len__(self) -> int:
+        now = _monotonic()
+        return sum(1 for until in self._members().values() if until > now)
+
+    def __contains__(self, channel: object) -> bool:
+        try:
+            until = self._members().get(channel)  # type: ignore[call-overload]
+        except TypeError:
+            return False
+        return until is not None and until > _monotonic()
+
+    def __delitem__(self, channel: str) -> None:
+        if channel not in self:
+            raise KeyError(channel)
+        self._layer._drop_member(self._group, channel)
+
+    def __repr__(self) -> str:
+        return f"<GroupMembersView {self._group!r} {list(self)!r}>"
+
+
+class GroupsView(Mapping[str, GroupMembersView]):
+    """``layer.groups``: Channels' ``{group: {channel: join time}}`` dict, computed on access.
+
+    Lists the groups with at least one live member (see
+    :class:`GroupMembersView`); ``del view[group]`` removes every member.
+    """
+
+    __slots__ = ("_layer",)
+
+    def __init__(self, layer: InMemoryChannelLayer) -> None:
+        self._layer = layer
+
+    def __getitem__(self, group: str) -> GroupMembersView:
+        members = GroupMembersView(self._layer, group)
+        if not members:
+            raise KeyError(group)
+        return members
+
+    def __contains__(self, group: object) -> bool:
+        return isinstance(group, str) and bool(GroupMembersView(self._layer, group))
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([group for group in self._layer._groups if group in self])
+
+    def __len__(self) -> int:
+        return sum(1 for group in self._layer._groups if group in self)
+
+    def __delitem__(self, group: str) -> None:
+        if group not in self:
+            raise KeyError(group)
+        for channel in list(self._layer._groups.get(group) or ()):
+            self._layer._drop_member(group, channel)
+
+    def __repr__(self) -> str:
+        return f"<GroupsView {list(self)!r}>"
 
 
 class InMemoryChannelLayer(BaseChannelLayer):
@@ -187,6 +385,16 @@ class InMemoryChannelLayer(BaseChannelLayer):
         self.group_expiry = group_expiry
         self._epoch = 0
         self._reset({})
+
+    @property
+    def channels(self) -> ChannelsView:
+        """Channels' ``channels`` dict, as a view: see :class:`ChannelsView`."""
+        return ChannelsView(self)
+
+    @property
+    def groups(self) -> GroupsView:
+        """Channels' ``groups`` dict, as a view: see :class:`GroupsView`."""
+        return GroupsView(self)
 
     def _reset(self, keep: dict[str, _Channel]) -> None:
         """Start from empty, except for channels in ``keep`` (which have waiting
@@ -306,6 +514,7 @@ class InMemoryChannelLayer(BaseChannelLayer):
         waiter.message = message
         waiter.expires_at = expires_at
         waiter.epoch = self._epoch
+        ch.in_flight += 1
         waiter.event.set()
         if not waiters and not ch.scheduled:
             self._schedule(ch, now + self.expiry)
@@ -326,6 +535,7 @@ class InMemoryChannelLayer(BaseChannelLayer):
                     self._schedule(ch, now + self.expiry)
             return
         waiter.message = None
+        ch.in_flight -= 1
         if waiter.epoch != self._epoch or waiter.expires_at <= now:
             return  # flushed/closed since it was handed over, or too old to deliver
         current = self._channels.get(ch.name)
@@ -342,6 +552,25 @@ class InMemoryChannelLayer(BaseChannelLayer):
         else:
             current.items[0:0] = (waiter.expires_at, message)
 
+    def _drop_expired(self, ch: _Channel, now: float) -> bool:
+        """Drop the expired messages at the front of ``ch``; True if any went.
+
+        Only for a send that found ``ch`` full, so that expired messages never
+        make a channel refuse a fresh one. As when the sweep drops them, the
+        channel leaves its groups: nobody was receiving on it.
+        """
+        items = ch.items
+        head = start = ch.head
+        end = len(items)
+        while head < end and items[head] <= now:
+            head += 2
+        if head == start:
+            return False
+        del items[:head]
+        ch.head = 0
+        self._drop_from_groups(ch.name)
+        return True
+
     # -- the layer API --------------------------------------------------------
 
     async def send(self, channel: str, message: Message) -> None:
@@ -349,21 +578,20 @@ class InMemoryChannelLayer(BaseChannelLayer):
         waiting receiver.
 
         Does not yield to the event loop (nor does Channels' in-memory layer).
-        Raises :class:`~channels_runtime.exceptions.ChannelFull` at capacity.
+        Raises :class:`~channels_runtime.exceptions.ChannelFull` at capacity,
+        counting only unexpired messages. Other channels are not swept here
+        (see the module docstring).
         """
         if not isinstance(message, dict):
             raise TypeError(f"message must be a dict, not {type(message).__name__}")
         now = _monotonic()
-        timeline = self._timeline
-        if timeline and timeline[0].due <= now:
-            self._sweep(now)
         expires_at = now + self.expiry  # also the due time of a channel made now
         ch = self._lookup(channel, expires_at)
         if ch.waiters:
             self._hand_over(ch, copy_message(message), expires_at, now)
             return
         items = ch.items
-        if (len(items) - ch.head) >> 1 >= ch.capacity:
+        if (len(items) - ch.head) >> 1 >= ch.capacity and not self._drop_expired(ch, now):
             raise ChannelFull(channel)
         items.append(expires_at)
         items.append(copy_message(message))
@@ -419,6 +647,7 @@ class InMemoryChannelLayer(BaseChannelLayer):
         except BaseException:
             self._give_back(ch, waiter)
             raise
+        ch.in_flight -= 1
         message = waiter.message
         assert message is not None
         return message

@@ -112,10 +112,10 @@ class OriginValidator:
                 f"OriginValidator only guards WebSocket connections; got a {scope_type!r} scope"
             )
         parsed_origin = _origin_from_headers(scope.get("headers") or ())
+        # Either application's return value is passed on, as Channels does.
         if self.valid_origin(parsed_origin):
-            await self.application(scope, receive, send)
-        else:
-            await WebsocketDenier()(scope, receive, send)
+            return await self.application(scope, receive, send)
+        return await WebsocketDenier()(scope, receive, send)
 
     def valid_origin(self, parsed_origin: ParseResult | None) -> bool:
         """Whether ``parsed_origin`` (``None``: missing or malformed) may connect.

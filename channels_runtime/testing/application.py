@@ -23,6 +23,12 @@ ways to own the application's task:
 Either way the application runs in an empty :class:`contextvars.Context`, as under a
 real server (and as asgiref's communicator does), so context variables set by the
 test do not leak into it.
+
+Once the communicator has cancelled the application (a ``receive_output`` timeout,
+``wait()`` running out of time, ``stop()``), the application is gone, and later
+``send_input``, ``receive_output`` and ``receive_nothing`` calls raise the
+cancellation exception, as asgiref's do by re-raising the cancelled task's result;
+``wait()`` returns normally.
 """
 
 # The ``timeout`` parameters are Channels' public API, kept for compatibility.
@@ -45,7 +51,7 @@ from asgiref.compatibility import guarantee_single_callable
 from channels_runtime.compat.tasks import BackgroundTask, start_background_task
 from channels_runtime.db import keep_connections_open
 
-from ..compat.backend import ensure_bridge
+from ..compat.backend import ensure_bridge, running_on_trio
 
 __all__ = ["ApplicationCommunicator", "stop_background_communicators"]
 
@@ -105,7 +111,9 @@ class ApplicationCommunicator:
     If the application raises, the exception is kept and re-raised, with the
     application's own traceback, by the next ``send_input``/``receive_output``/
     ``receive_nothing``/``wait`` (and by leaving an ``async with`` block if it was
-    never raised before).
+    never raised before). If the communicator cancelled it, the next
+    ``send_input``/``receive_output``/``receive_nothing`` raises the backend's
+    cancellation exception instead (see the module docstring).
     """
 
     def __init__(self, application: Callable[..., Any], scope: Scope) -> None:
@@ -132,6 +140,12 @@ class ApplicationCommunicator:
         self._exception: BaseException | None = None
         self._traceback: TracebackType | None = None
         self._exception_reported = False
+        #: What ended the application when our own cancel scope stopped it (see
+        #: _raise_if_cancelled); None while it runs or if it ended any other way.
+        self._cancellation: BaseException | None = None
+        self._cancellation_traceback: TracebackType | None = None
+        #: Set by the application's next receive() or by its end: see _settle().
+        self._idle: anyio.Event | None = None
 
     def __repr__(self) -> str:
         kind = self.scope.get("type", "?")
@@ -213,11 +227,20 @@ class ApplicationCommunicator:
     async def _run_application(self) -> None:
         assert self._cancel_scope is not None
         assert self._finished is not None
+        ending: BaseException | None = None
         try:
             # Like Channels' communicator, keep the test database's connections open
             # while the application runs: closing them would end the test transaction.
             with keep_connections_open(), self._cancel_scope:
-                await self.application(self.scope, self._input_receive.receive, self._send)
+                try:
+                    await self.application(self.scope, self._receive, self._send)
+                except BaseException as exc:
+                    ending = exc
+                    raise
+            if self._cancel_scope.cancelled_caught and ending is not None:
+                # Our cancellation ended it: later calls report that, as asgiref's do.
+                self._cancellation = ending
+                self._cancellation_traceback = ending.__traceback__
         except BaseException as exc:
             if isinstance(exc, anyio.get_cancelled_exc_class()):
                 # Not our scope's cancellation (that one the scope absorbed): an
@@ -232,9 +255,39 @@ class ApplicationCommunicator:
             if self._registry is not None:
                 self._registry.discard(self)
             self._finished.set()
+            if self._idle is not None:
+                self._idle.set()
+
+    async def _receive(self) -> Message:
+        """The application's ``receive``: the next message the test sent.
+
+        Also how :meth:`_settle` learns that the application has run out of work:
+        it calls for a message and none is waiting.
+        """
+        idle = self._idle
+        if idle is not None and not self._input_receive.statistics().current_buffer_used:
+            self._idle = None
+            idle.set()
+        return await self._input_receive.receive()
 
     async def _send(self, message: Message) -> None:
         await self._output_send.send(message)
+
+    async def _settle(self, timeout: float | None = 1) -> None:
+        """Let the application run until it finishes or asks for a message that isn't there.
+
+        Then raise its exception if it failed. The application is left running,
+        as asgiref leaves it; this only makes sure that an error raised after its
+        last message reaches the test. Returns after ``timeout`` seconds at the
+        latest, whatever the application is doing.
+        """
+        self._ensure_started()
+        if not self._is_finished():
+            idle = self._idle = anyio.Event()
+            with anyio.move_on_after(timeout):
+                await idle.wait()
+            self._idle = None
+        self._raise_if_failed()
 
     def _is_finished(self) -> bool:
         assert self._finished is not None
@@ -266,15 +319,39 @@ class ApplicationCommunicator:
             # up frames; the application's own frames stay at the bottom of it.
             raise exc.with_traceback(self._traceback)
 
+    def _raise_if_cancelled(self) -> None:
+        """Raise the cancellation exception if the communicator cancelled the application.
+
+        asgiref's communicator raises ``CancelledError`` here (the result of the
+        cancelled task), and tests written for Channels expect it. On asyncio a
+        fresh one is raised: anyio scopes recognise their own cancellations by
+        message, and this one must not be mistaken for one. trio's ``Cancelled``
+        cannot be constructed, so there the one that ended the application is
+        raised again.
+        """
+        self._raise_if_failed()
+        ending = self._cancellation
+        if ending is None:
+            return
+        if running_on_trio():
+            # With the traceback as captured, so that raising it again and again
+            # does not pile up frames (as in _raise_if_failed).
+            raise ending.with_traceback(self._cancellation_traceback)
+        raise anyio.get_cancelled_exc_class()(
+            f"{self!r}: the application was cancelled by this communicator "
+            "and takes no more messages"
+        )
+
     # ----- the Channels / asgiref interface ------------------------------------------
 
     async def send_input(self, message: Message) -> None:
         """Send one message to the application (starting it if needed).
 
-        Raises the application's exception instead, if it has already failed.
+        Raises the application's exception instead, if it has already failed, or the
+        cancellation exception if this communicator cancelled it.
         """
         self._ensure_started()
-        self._raise_if_failed()
+        self._raise_if_cancelled()
         await self._input_send.send(message)
 
     async def receive_output(self, timeout: float | None = 1) -> Message:
@@ -283,10 +360,11 @@ class ApplicationCommunicator:
         Raises the application's exception if it has failed. Raises :exc:`TimeoutError`
         if nothing arrives in time — after cancelling the application, as asgiref does,
         since a test that gave up on it should not leave it running — or at once if the
-        application has exited without sending anything more.
+        application has exited without sending anything more. Once the application has
+        been cancelled, raises the cancellation exception, as asgiref does.
         """
         self._ensure_started()
-        self._raise_if_failed()
+        self._raise_if_cancelled()
         timed_out = True
         with anyio.move_on_after(timeout):
             try:
@@ -307,10 +385,11 @@ class ApplicationCommunicator:
         """Return whether the application stays silent for ``timeout`` seconds.
 
         Polls every ``interval`` seconds and leaves any message in place for a later
-        ``receive_output``. Raises the application's exception if it fails meanwhile.
+        ``receive_output``. Raises the application's exception if it fails meanwhile,
+        and the cancellation exception if this communicator had cancelled it.
         """
         self._ensure_started()
-        self._raise_if_failed()
+        self._raise_if_cancelled()
         deadline = anyio.current_time() + timeout
         while True:
             if self._output_receive.statistics().current_buffer_used:
@@ -338,11 +417,12 @@ class ApplicationCommunicator:
         """Cancel the application without waiting for it (asgiref's synchronous ``stop``).
 
         If it has already finished and ``exceptions`` is true, raise what it raised
-        instead. Prefer ``await wait(0)``, which also waits for it to unwind.
+        instead (the cancellation exception if this communicator had cancelled it, as
+        asgiref does). Prefer ``await wait(0)``, which also waits for it to unwind.
         """
         if not self._started:
             return
         if not self._is_finished():
             self._cancel()
         elif exceptions:
-            self._raise_if_failed()
+            self._raise_if_cancelled()

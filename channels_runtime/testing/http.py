@@ -53,9 +53,12 @@ class HttpCommunicator(ApplicationCommunicator):
         (``more_body``) response joined — plus any other keys of the
         ``http.response.start`` message. ``timeout`` applies to each message.
 
-        Once the response is complete the application receives ``http.disconnect``
-        (what a server answers after a response, per the ASGI spec) and is given
-        ``timeout`` to finish; an exception it raises then is raised here.
+        Once the response is complete, the application is given the chance to finish
+        (it is let run until it returns or asks for another message), so that an
+        exception it raises after responding is raised here. It is then left as it
+        is: like Channels' communicator, this one sends no ``http.disconnect``, so
+        an ``AsyncConsumer`` without an ``http_disconnect`` handler passes, and a
+        test can still send one itself and ``wait()``.
         """
         if not self.sent_request:
             self.sent_request = True
@@ -84,9 +87,5 @@ class HttpCommunicator(ApplicationCommunicator):
         response = {key: value for key, value in start.items() if key != "type"}
         response.setdefault("headers", [])
         response["body"] = b"".join(chunks)
-        # The exchange is over: as a server does, answer any further receive() with
-        # http.disconnect, and let the application finish, so an error it raises after
-        # responding reaches the test instead of being lost with a task left running.
-        await self.send_input({"type": "http.disconnect"})
-        await self.wait(timeout)
+        await self._settle(timeout)
         return response

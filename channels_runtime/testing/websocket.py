@@ -15,6 +15,17 @@ from channels_runtime.testing.application import ApplicationCommunicator, descri
 __all__ = ["WebsocketCommunicator"]
 
 
+def _noted(message: str, note: str) -> AssertionError:
+    """An ``AssertionError`` worded as Channels words it, with our detail as a note.
+
+    Tests written for Channels compare ``str(error)``, which notes are not part
+    of; the traceback still shows the note, so nothing is lost for the reader.
+    """
+    error = AssertionError(message)
+    error.add_note(note)
+    return error
+
+
 class WebsocketCommunicator(ApplicationCommunicator):
     """Plays the WebSocket client (and the server in between) against an ASGI application.
 
@@ -23,8 +34,9 @@ class WebsocketCommunicator(ApplicationCommunicator):
     one of them ``None``), so the application sees what it will see in production.
 
     Each method asserts that the application answered with the expected kind of
-    message; the :exc:`AssertionError` names both the expectation and the message
-    that arrived.
+    message. Where Channels' communicator words the :exc:`AssertionError`, the
+    message is Channels' word for word, so tests comparing it keep passing; the
+    message that arrived is attached as a note (shown in the traceback).
     """
 
     def __init__(
@@ -81,13 +93,11 @@ class WebsocketCommunicator(ApplicationCommunicator):
             raise AssertionError("You must supply exactly one of text_data or bytes_data")
         if text_data is not None:
             if not isinstance(text_data, str):
-                raise AssertionError(f"The text_data argument must be a str, got {type(text_data)}")
+                raise _noted("The text_data argument must be a str", f"it is {type(text_data)}")
             await self.send_input({"type": "websocket.receive", "text": text_data, "bytes": None})
         else:
             if not isinstance(bytes_data, bytes):
-                raise AssertionError(
-                    f"The bytes_data argument must be bytes, got {type(bytes_data)}"
-                )
+                raise _noted("The bytes_data argument must be bytes", f"it is {type(bytes_data)}")
             await self.send_input({"type": "websocket.receive", "bytes": bytes_data, "text": None})
 
     async def send_json_to(self, data: Any) -> None:
@@ -101,16 +111,17 @@ class WebsocketCommunicator(ApplicationCommunicator):
         """
         response = await self.receive_output(timeout)
         if response.get("type") != "websocket.send":
-            raise AssertionError(
-                f"Expected a websocket.send message, got {describe_message(response)}"
+            raise _noted(
+                f"Expected type 'websocket.send', but was '{response.get('type')}'",
+                f"The message was {describe_message(response)}",
             )
         # ASGI allows both keys with one of them None, or just the one that is used.
         text = response.get("text")
         data = response.get("bytes")
         if (text is None) == (data is None):
-            raise AssertionError(
-                "Expected a websocket.send message with exactly one of 'text' or 'bytes', "
-                f"got {describe_message(response)}"
+            raise _noted(
+                "The response needs exactly one of 'text' or 'bytes'",
+                f"The message was {describe_message(response)}",
             )
         if text is not None:
             if not isinstance(text, str):
@@ -124,8 +135,9 @@ class WebsocketCommunicator(ApplicationCommunicator):
         """Return the decoded JSON of the next frame, which must be a text frame."""
         payload = await self.receive_from(timeout)
         if not isinstance(payload, str):
-            raise AssertionError(
-                f"Expected a text frame with JSON, got a binary frame: {describe_message(payload)}"
+            raise _noted(
+                f"JSON data is not a text frame, it is {type(payload)}",
+                f"The frame was {describe_message(payload)}",
             )
         try:
             return json.loads(payload)
