@@ -142,18 +142,23 @@ def _stall(client: RawWebSocket) -> None:
     raise AssertionError("the server never stopped reading")
 
 
+def _stalled_clients_reset(server: Server, events: Path, clients: int) -> None:
+    """``clients`` stall their consumers, then reset: every one must reach disconnect()."""
+    server.start()
+    for _ in range(clients):
+        client = RawWebSocket(server.url, "/ws/echo/", receive_buffer=4096)
+        client.handshake()
+        _stall(client)
+        client.reset()
+    wait_until(lambda: len(disconnects(events)) == clients, 15, "disconnect() never ran")
+    assert disconnects(events) == ["disconnect echo 1006"] * clients
+    healthy(server)
+
+
 def test_reset_after_stalling_still_reaches_disconnect(worker_class: str, tmp_path: Path) -> None:
     server, events = serve(tmp_path, worker_class)
     try:
-        server.start()
-        for _ in range(3):
-            client = RawWebSocket(server.url, "/ws/echo/", receive_buffer=4096)
-            client.handshake()
-            _stall(client)
-            client.reset()
-        wait_until(lambda: len(disconnects(events)) == 3, 10, "disconnect() never ran")
-        assert disconnects(events) == ["disconnect echo 1006"] * 3
-        healthy(server)
+        _stalled_clients_reset(server, events, 3)
     finally:
         server.close()
 
@@ -457,15 +462,7 @@ def test_half_closed_client_reaches_disconnect(worker_class: str, tmp_path: Path
 def test_reset_clients_reach_disconnect_with_two_workers(tmp_path: Path) -> None:
     server, events = serve(tmp_path, "trio", "workers = 2\n")
     try:
-        server.start()
-        for _ in range(4):
-            client = RawWebSocket(server.url, "/ws/echo/", receive_buffer=4096)
-            client.handshake()
-            _stall(client)
-            client.reset()
-        wait_until(lambda: len(disconnects(events)) == 4, 15, "disconnect() never ran")
-        assert disconnects(events) == ["disconnect echo 1006"] * 4
-        healthy(server)
+        _stalled_clients_reset(server, events, 4)
     finally:
         server.close()
 

@@ -169,6 +169,13 @@ def _slow_asyncio_client(server: Any, limit: float) -> None:
         transport.abort()
 
 
+def _after(limit: float, callback: Callable[..., None], *args: Any) -> asyncio.TimerHandle | None:
+    """Call ``callback(*args)`` once ``limit`` seconds have passed (never, for ``inf``)."""
+    if not math.isfinite(limit):
+        return None
+    return asyncio.get_running_loop().call_later(max(limit, 0.0), callback, *args)
+
+
 def _patch_asyncio(server_class: Any) -> None:
     if getattr(server_class, "_channels_runtime_fixed", False):
         return
@@ -190,18 +197,12 @@ def _patch_asyncio(server_class: Any) -> None:
                 writer.write(event.data)
                 if transport.get_write_buffer_size():
                     limit = _write_limit(self.config)
-                    if limit <= 0:
-                        _slow_asyncio_client(self, limit)
-                    timer = asyncio.get_running_loop().call_later(
-                        limit if math.isfinite(limit) else 1e9,
-                        _slow_asyncio_client,
-                        self,
-                        limit,
-                    )
+                    timer = _after(limit, _slow_asyncio_client, self, limit)
                     try:
                         await writer.drain()
                     finally:
-                        timer.cancel()
+                        if timer is not None:
+                            timer.cancel()
                 else:
                     await writer.drain()
             except (ConnectionError, RuntimeError):
@@ -212,16 +213,12 @@ def _patch_asyncio(server_class: Any) -> None:
         if not transport.get_write_buffer_size():
             await original_close(self)
             return
-        limit = _write_limit(self.config)
-        if limit <= 0:
-            transport.abort()
-        timer = asyncio.get_running_loop().call_later(
-            limit if math.isfinite(limit) else 1e9, transport.abort
-        )
+        timer = _after(_write_limit(self.config), transport.abort)
         try:
             await original_close(self)
         finally:
-            timer.cancel()
+            if timer is not None:
+                timer.cancel()
 
     contained = _contained(original_run, _abort_asyncio)
 
