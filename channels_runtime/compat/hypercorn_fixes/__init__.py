@@ -92,11 +92,17 @@ _PATCH_POINTS: dict[str, tuple[str, ...]] = {
     "hypercorn.asyncio.task_group": ("TaskGroup.spawn_app",),
     "hypercorn.asyncio.tcp_server": (
         "TCPServer._close",
+        "TCPServer._read_data",
         "TCPServer.protocol_send",
         "TCPServer.run",
     ),
     "hypercorn.trio.task_group": ("TaskGroup.spawn_app",),
-    "hypercorn.trio.tcp_server": ("TCPServer._close", "TCPServer.protocol_send", "TCPServer.run"),
+    "hypercorn.trio.tcp_server": (
+        "TCPServer._close",
+        "TCPServer._read_data",
+        "TCPServer.protocol_send",
+        "TCPServer.run",
+    ),
 }
 
 #: wsproto internals :class:`.ws_stream.BoundedPerMessageDeflate` reads (wsproto 1.2, 1.3).

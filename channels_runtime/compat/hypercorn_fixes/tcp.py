@@ -30,7 +30,13 @@ more than itself:
   that is still open (``channels-runtime serve`` calls it when
   ``graceful_timeout`` runs out; plain Hypercorn has no hook for it);
 * an exception from one connection is logged in one line and ends only
-  that connection.
+  that connection;
+* a keep-alive connection the client has closed is released at once.
+  Hypercorn reads the client's EOF but then waits for the idle timer it
+  started after the last response (``keep_alive_timeout``), holding the
+  socket in CLOSE-WAIT and its tasks: a client opening and closing
+  connections at R per second pinned R x ``keep_alive_timeout``
+  descriptors (found by the soak test, ``tests/test_soak.py``).
 
 The fast path of a write that the kernel takes at once costs one buffer-size
 check on asyncio and one deadline on trio's existing cancel scope.
@@ -147,6 +153,35 @@ def _report_slow_client(server: Any, limit: float) -> None:
     _mark_websockets(server, SLOW_CLIENT_CODE, "client too slow")
 
 
+def _idle(server: Any) -> bool:
+    """Whether ``server``'s connection has no request in progress."""
+    protocol = getattr(getattr(server, "protocol", None), "protocol", None)
+    if protocol is None:
+        return True
+    if getattr(protocol, "stream", None) is not None:
+        return False
+    return not getattr(protocol, "streams", None)
+
+
+def _release_on_eof(
+    read_data: Callable[[Any], Coroutine[Any, Any, None]],
+) -> Callable[[Any], Coroutine[Any, Any, None]]:
+    """``TCPServer._read_data`` that, once the client has closed, stops the idle timer.
+
+    With no request in progress nothing is left to answer, so the connection's
+    task group can end (and the socket close) now rather than at
+    ``keep_alive_timeout``.
+    """
+
+    async def read_until_closed(self: Any) -> None:
+        await read_data(self)
+        if _idle(self):
+            await self.idle_task.stop()
+
+    read_until_closed.__wrapped__ = read_data  # type: ignore[attr-defined]
+    return read_until_closed
+
+
 def _closed_one(config: Any) -> None:
     if not _all_closed:
         return
@@ -237,6 +272,7 @@ def _patch_asyncio(server_class: Any) -> None:
     run.__wrapped__ = original_run  # type: ignore[attr-defined]
     server_class.protocol_send = protocol_send
     server_class._close = close
+    server_class._read_data = _release_on_eof(server_class._read_data)
     server_class.run = run
     server_class._channels_runtime_fixed = True
 
@@ -291,6 +327,7 @@ def _patch_trio(server_class: Any) -> None:
 
     server_class.protocol_send = protocol_send
     server_class._close = close
+    server_class._read_data = _release_on_eof(server_class._read_data)
     server_class.run = _contained(original_run, _abort_trio)
     server_class._channels_runtime_fixed = True
 
