@@ -117,6 +117,17 @@ class NoRouteFound(ValueError):
 #: Scope types whose unmatched connections are refused rather than raised.
 _REFUSED_TYPES = frozenset({"websocket", "http"})
 
+#: Longest path the "No route found" warning quotes: a client chooses the path,
+#: and a 64 KiB one would otherwise land in the log whole.
+LOGGED_PATH_LIMIT = 200
+
+
+def _loggable_path(path: object) -> str:
+    text = repr(path)
+    if len(text) <= LOGGED_PATH_LIMIT:
+        return text
+    return f"{text[:LOGGED_PATH_LIMIT]}... ({len(text) - LOGGED_PATH_LIMIT} more characters)"
+
 
 async def refuse_unrouted(scope: Scope, receive: Receive, send: Send) -> None:
     """Turn a client with an unrouted path away as its protocol expects, logging one warning.
@@ -127,7 +138,7 @@ async def refuse_unrouted(scope: Scope, receive: Receive, send: Send) -> None:
     """
     scope_type = scope.get("type")
     full_path = scope.get("path")
-    logger.warning("No route found for path %r (%s)", full_path, scope_type)
+    logger.warning("No route found for path %s (%s)", _loggable_path(full_path), scope_type)
     if scope_type == "websocket":
         message = await receive()
         if message.get("type") != "websocket.disconnect":

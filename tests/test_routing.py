@@ -458,6 +458,21 @@ async def test_unmatched_http_reads_the_body_and_answers_404(
 
 
 @pytest.mark.anyio
+async def test_a_huge_unmatched_path_is_cut_short_in_the_log(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    router = served(URLRouter([path("chat/", Recorder())]))
+    long_path = "/" + "x" * 30000
+    sent = await run_app(router, http_scope(long_path), [{"type": "http.request", "body": b""}])
+    assert sent[0]["status"] == 404
+    (record,) = routing_records(caplog)
+    message = record.getMessage()
+    assert len(message) < 300
+    assert message.startswith("No route found for path '/xxx")
+    assert f"({len(repr(long_path)) - 200} more characters) (http)" in message
+
+
+@pytest.mark.anyio
 async def test_unmatched_http_client_gone_gets_no_response() -> None:
     sent = await run_app(
         served(URLRouter([])),
