@@ -61,7 +61,7 @@ import threading
 from collections import deque
 from typing import Any
 
-from .asgi import Message, Send
+from .asgi import Message, Send, describe_client
 from .compat.loop_calls import loop_caller
 from .compat.wakeup import Wakeup, new_wakeup
 from .sync import ThreadSensitiveContext, async_to_sync
@@ -92,12 +92,6 @@ def payload_size(message: Message) -> int:
     if isinstance(text, str):
         return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
     return 0
-
-
-def _describe_client(client: Any) -> str:
-    if isinstance(client, list | tuple) and len(client) == 2:
-        return f"{client[0]}:{client[1]}"
-    return "(unknown client)" if client is None else repr(client)
 
 
 class ThreadSender:
@@ -260,7 +254,7 @@ class ThreadSender:
             "more slowly than the consumer sends, and the send queue %s; dropping the %d "
             "frames not sent yet and every later send",
             self._owner,
-            _describe_client(self._client),
+            describe_client(self._client),
             CLOSE_CODE_TRY_AGAIN_LATER,
             bound,
             dropped + 1,

@@ -54,6 +54,8 @@ from typing import Any
 
 from hypercorn.events import Closed, RawData
 
+from channels_runtime.asgi import describe_client
+
 from .options import WRITE_TIMEOUT, option
 from .ws_stream import WebSocketStream
 
@@ -119,10 +121,8 @@ def _peer(server: Any) -> str:
             stream = getattr(server.stream, "transport_stream", server.stream)
             name = stream.socket.getpeername()
     except (OSError, AttributeError):
-        return "unknown client"
-    if isinstance(name, tuple) and len(name) >= 2:
-        return f"{name[0]}:{name[1]}"
-    return str(name) or "unknown client"
+        return describe_client(None)
+    return describe_client(name)
 
 
 def _mark_websockets(server: Any, code: int, reason: str) -> None:

@@ -73,6 +73,8 @@ from wsproto.events import CloseConnection, Message, Ping, Pong
 from wsproto.extensions import PerMessageDeflate
 from wsproto.frame_protocol import CloseReason
 
+from channels_runtime.asgi import describe_client
+
 from .options import PERMESSAGE_DEFLATE, PING_TIMEOUT, option
 
 __all__ = [
@@ -145,12 +147,6 @@ class TolerantHandshake(Handshake):
             self.subprotocols = None
 
 
-def _peer(client: Any) -> str:
-    if isinstance(client, tuple | list) and len(client) >= 2:
-        return f"{client[0]}:{client[1]}"
-    return "unknown client"
-
-
 class WebSocketStream(WSStream):
     """Hypercorn's ``WSStream`` with the fixes listed in the module docstring."""
 
@@ -205,7 +201,7 @@ class WebSocketStream(WSStream):
         """The client sent data before the handshake was answered: 400, then close."""
         logger.warning(
             "WebSocket client %s sent data before the handshake was answered; refusing it",
-            _peer(self.client),
+            describe_client(self.client),
         )
         self._refused = True  # from now on the application's messages go nowhere
         if self.state is ASGIWebsocketState.HANDSHAKE:
@@ -247,7 +243,7 @@ class WebSocketStream(WSStream):
                     logger.warning(
                         "WebSocket client %s sent a message over websocket_max_message_size "
                         "(%d bytes); closing with 1009",
-                        _peer(self.client),
+                        describe_client(self.client),
                         self.config.websocket_max_message_size,
                     )
                     await self._close_now(_MESSAGE_TOO_BIG, "message too big")
@@ -276,7 +272,7 @@ class WebSocketStream(WSStream):
             # event, without changing state: send the close frame ourselves.
             logger.warning(
                 "WebSocket protocol error from %s: %s; closing with %d",
-                _peer(self.client),
+                describe_client(self.client),
                 event.reason,
                 code,
             )
@@ -345,7 +341,7 @@ class WebSocketStream(WSStream):
                 elif now >= answer_by:
                     logger.info(
                         "WebSocket client %s did not answer a ping within %gs; closing",
-                        _peer(self.client),
+                        describe_client(self.client),
                         timeout,
                     )
                     await self._close_now(
