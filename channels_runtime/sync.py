@@ -11,10 +11,10 @@ asgiref only knows asyncio. On trio the runtime installs a bridge
 (:mod:`channels_runtime.compat.asgiref_trio`) that teaches these very classes
 to run on trio, keeping asgiref's semantics: thread-sensitive calls share one
 thread, ``async_to_sync`` inside a sync call runs on the calling loop, and
-nested thread-sensitive calls come back to the waiting thread. The runtime
-installs it when a consumer starts on trio; code that uses these adapters on
-trio outside a consumer (a script, a test) calls :func:`ensure_bridge` first.
-On asyncio nothing needs installing.
+nested thread-sensitive calls come back to the waiting thread. The first call
+made on trio installs it (see :mod:`channels_runtime.compat.bridge_hooks`), so
+these adapters work on trio from anywhere; :func:`ensure_bridge` installs it
+ahead of time. On asyncio nothing is installed.
 
 The one behaviour that differs: cancelling a ``sync_to_async`` call on trio
 waits for the thread to finish before the cancellation propagates, while

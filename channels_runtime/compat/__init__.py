@@ -10,6 +10,8 @@ nothing.
 * :mod:`channels_runtime.compat.backend`: which loop is running, and
   :func:`~channels_runtime.compat.backend.ensure_bridge`, which the runtime
   calls on every consumer start.
+* :mod:`channels_runtime.compat.bridge_hooks`: installed on import of
+  channels_runtime; installs the bridge below on the first call that needs it.
 * :mod:`channels_runtime.compat.asgiref_trio`: the bridge that makes
   ``sync_to_async``/``async_to_sync`` and Django's async APIs work on trio.
   It imports trio, so import it only when trio is installed.

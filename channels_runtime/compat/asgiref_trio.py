@@ -21,10 +21,9 @@ another event loop, so the bridge patches four methods in place:
   asgiref does on asyncio.
 * ``ThreadSensitiveContext.__aexit__``: join the per-context thread without
   ``asyncio.wrap_future``.
-* Django: ``django.dispatch.dispatcher`` gets an ``asyncio`` stand-in whose
-  ``gather`` uses a task group on trio (``Signal.asend``), and
-  ``django.utils.asyncio.get_running_loop`` also reports a running trio task,
-  so sync ORM calls on the trio thread raise ``SynchronousOnlyOperation``.
+* Django's ``Signal.asend`` and ``async_unsafe``: stand-ins installed by
+  :mod:`channels_runtime.compat.bridge_hooks`, which also installs this
+  bridge on first use in any process that has imported trio.
 
 On asyncio (and uvloop) every patched method hands over to asgiref's or
 Django's original code, with one addition: ``async_to_sync`` from an
@@ -55,14 +54,14 @@ import anyio.from_thread
 import anyio.lowlevel
 import asgiref
 import asgiref.sync as asgiref_sync
-import django.dispatch.dispatcher as django_dispatcher
-import django.utils.asyncio as django_asyncio
 import sniffio
 import trio
 from asgiref.current_thread_executor import CurrentThreadExecutor
 from asgiref.sync import AsyncToSync, SyncToAsync, ThreadSensitiveContext
 
-__all__ = ["ASGIREF_VERSION", "install", "is_installed"]
+from . import bridge_hooks
+
+__all__ = ["ASGIREF_VERSION", "gather_on_trio", "install", "is_installed"]
 
 ASGIREF_VERSION: str = getattr(asgiref, "__version__", "unknown")
 
@@ -151,10 +150,11 @@ del _missing
 
 _restore_context: Callable[[contextvars.Context], None] = asgiref_sync._restore_context
 
-# The originals, kept so the asyncio path runs asgiref's and Django's own code.
-_original_sync_to_async_call = SyncToAsync.__call__
-_original_async_to_sync_call = AsyncToSync.__call__
-_original_context_aexit = ThreadSensitiveContext.__aexit__
+# asgiref's own methods, captured by the hooks before anything patched them: the
+# asyncio path runs asgiref's own code.
+_original_sync_to_async_call = bridge_hooks.ORIGINAL_SYNC_TO_ASYNC_CALL
+_original_async_to_sync_call = bridge_hooks.ORIGINAL_ASYNC_TO_SYNC_CALL
+_original_context_aexit = bridge_hooks.ORIGINAL_CONTEXT_AEXIT
 
 # ---------------------------------------------------------------------------
 # Small helpers
@@ -606,7 +606,7 @@ def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException | No
     return None
 
 
-async def _gather_on_trio(aws: Iterable[Awaitable[Any]], return_exceptions: bool) -> list[Any]:
+async def gather_on_trio(aws: Iterable[Awaitable[Any]], return_exceptions: bool) -> list[Any]:
     """``asyncio.gather`` for trio: a task group, results in argument order.
 
     Unlike asyncio's, a failure cancels the other awaitables instead of leaving
@@ -643,41 +643,6 @@ async def _gather_on_trio(aws: Iterable[Awaitable[Any]], return_exceptions: bool
     return results
 
 
-class _DispatcherAsyncio:
-    """Stands in for the ``asyncio`` module inside ``django.dispatch.dispatcher``.
-
-    ``Signal.asend``/``asend_robust`` always call ``asyncio.gather``; on trio
-    that is redirected to a task group. Every other attribute, and ``gather``
-    on asyncio, is asyncio's own.
-    """
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(asyncio, name)
-
-    def gather(self, *aws: Awaitable[Any], return_exceptions: bool = False) -> Awaitable[Any]:
-        if _on_trio():
-            return _gather_on_trio(aws, return_exceptions)
-        return asyncio.gather(*aws, return_exceptions=return_exceptions)
-
-    def __repr__(self) -> str:
-        return "<asyncio for django.dispatch.dispatcher, trio-aware (channels_runtime)>"
-
-
-def _get_running_loop() -> object:
-    """``asyncio.get_running_loop`` that also counts a running trio task.
-
-    Django's ``async_unsafe`` only asks whether this raises. Checking for a
-    trio *task* (not merely a trio run) keeps sync code between guest-mode
-    ticks, such as pytest fixtures driving anyio's trio runner, allowed.
-    """
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        if trio.lowlevel.in_trio_task():
-            return trio.lowlevel.current_trio_token()
-        raise
-
-
 # ---------------------------------------------------------------------------
 # install()
 # ---------------------------------------------------------------------------
@@ -703,10 +668,8 @@ def install() -> None:
         SyncToAsync.__call__ = _patched_sync_to_async_call  # type: ignore[method-assign]
         AsyncToSync.__call__ = _patched_async_to_sync_call  # type: ignore[method-assign]
         ThreadSensitiveContext.__aexit__ = _patched_context_aexit  # type: ignore[method-assign]
-        if getattr(django_dispatcher, "asyncio", None) is asyncio:
-            setattr(django_dispatcher, "asyncio", _DispatcherAsyncio())  # noqa: B010
-        if hasattr(django_asyncio, "get_running_loop"):
-            setattr(django_asyncio, "get_running_loop", _get_running_loop)  # noqa: B010
+        # Django's dispatcher and async_unsafe: loop-neutral, usually already in place.
+        bridge_hooks.install_hooks()
         _installed = True
 
 
