@@ -15,6 +15,18 @@ connection costs one task fewer than a task per source would, which is about
 (``StopConsumer`` included) the group is cancelled and the original exception
 is re-raised here, with its own traceback, rather than wrapped in an
 ``ExceptionGroup``.
+
+After each handled message the consumer yields to the event loop before it
+takes the next one, as Channels' dispatch loop does (it awaits
+``asyncio.wait`` between messages): a task that a handler wakes (by setting an
+event, sending on a stream, releasing a lock) runs before the next message is
+handled, even when messages are already queued. Code written for Channels
+relies on this; without it a burst of queued messages would be handled back to
+back, ahead of the tasks the first of them woke. On asyncio one checkpoint
+does it, because the loop runs ready callbacks in order; trio runs each batch
+of ready tasks in a random order (to flush out such reliance), so there the
+consumer yields twice, which puts every task woken before the first yield
+ahead of it.
 """
 
 from __future__ import annotations
@@ -23,8 +35,10 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 
 import anyio
+import anyio.lowlevel
 
 from .asgi import Message, Receive
+from .compat.backend import running_on_trio
 
 Dispatch = Callable[[Message], Awaitable[None]]
 
@@ -80,11 +94,16 @@ async def dispatch_serially(sources: Sequence[Receive], dispatch: Dispatch) -> N
     Returns only by raising: whatever ``dispatch`` or a source raises ends the
     loop and is re-raised unchanged, after every pump has stopped.
     """
+    checkpoint = anyio.lowlevel.checkpoint
+    twice = running_on_trio()  # see the module docstring
     if len(sources) == 1:
         # One source needs no task and no lock: receive and handle in turn.
         receive = sources[0]
         while True:
             await dispatch(await receive())
+            await checkpoint()
+            if twice:
+                await checkpoint()
 
     turn = Turn()
     failure: Exception | None = None
@@ -101,6 +120,11 @@ async def dispatch_serially(sources: Sequence[Receive], dispatch: Dispatch) -> N
                     turn._busy = True
                 try:
                     await dispatch(message)
+                    # Yield with the turn still held, so the tasks the handler woke
+                    # run before another pump's message, not only this pump's next.
+                    await checkpoint()
+                    if twice:
+                        await checkpoint()
                 finally:
                     turn.release()
         except Exception as exc:

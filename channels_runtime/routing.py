@@ -34,6 +34,7 @@ from django.urls.resolvers import RegexPattern, RoutePattern, URLPattern, URLRes
 from .asgi import ASGIApp, Receive, Scope, Send
 from .compat import hypercorn_fixes
 from .compat.backend import ensure_bridge
+from .exceptions import ClientInputRefused
 from .http import check_http_application
 from .layers.manager import channel_layers
 
@@ -177,6 +178,10 @@ class ProtocolTypeRouter:
     ``http`` connection, is answered here with :func:`refuse_unrouted`. Being the
     application the server calls, this is where it is known that nothing else
     will handle the error; the routers themselves raise, as Channels' do.
+    For the same reason a :class:`~channels_runtime.exceptions.ClientInputRefused`
+    (the ``ValueError`` a JSON consumer raises, as Channels' does, after closing
+    the connection over a client's bad frame and logging one warning) ends the
+    connection here without a server traceback.
     The mapped application's return value is returned, as in Channels.
     """
 
@@ -203,6 +208,10 @@ class ProtocolTypeRouter:
                 # sent to the client yet and refusing it now is still possible.
                 if scope_type not in _REFUSED_TYPES:
                     raise
+            except ClientInputRefused:
+                # A consumer closed the connection over the client's input and logged
+                # it (e.g. a binary frame to a JSON consumer); a traceback would repeat it.
+                return None
             # Refused outside the ``except`` block, so the exception is not kept
             # alive (and chained) while waiting on the client.
             await refuse_unrouted(scope, receive, send)

@@ -4,8 +4,12 @@
 ``SessionMiddleware`` puts a Django session store in ``scope["session"]``,
 keyed by the session cookie. For HTTP, the session is saved and its cookie
 refreshed when the response starts, with the rules of Django's own
-``SessionMiddleware``. A WebSocket has no response to carry a cookie, so there
-the consumer saves the session itself with ``await scope["session"].asave()``.
+``SessionMiddleware`` but one: as in Channels, no ``Vary: Cookie`` is added, so
+a response carries the headers its application sent plus ``Set-Cookie`` and
+nothing else. An HTTP consumer whose response depends on the session sends
+``Vary: Cookie`` itself when a shared cache may sit in front of it. A
+WebSocket has no response to carry a cookie, so there the consumer saves the
+session itself with ``await scope["session"].asave()``.
 
 The session API used here is Django's async one (``asave``, ``aget``...,
 Django 5.1+). Those methods hop to a worker thread through asgiref, which on
@@ -206,21 +210,6 @@ class CookieMiddleware:
         )
 
 
-def _add_vary_cookie(message: Message) -> None:
-    """Make ``Vary`` mention ``Cookie`` so caches don't share per-session responses."""
-    headers = list(message.get("headers", ()))
-    for index, (name, value) in enumerate(headers):
-        if name.lower() == b"vary":
-            tokens = {token.strip().lower() for token in value.split(b",")}
-            if b"cookie" in tokens or b"*" in tokens:
-                return
-            headers[index] = (name, value + b", Cookie" if value.strip() else b"Cookie")
-            break
-    else:
-        headers.append((b"Vary", b"Cookie"))
-    message["headers"] = headers
-
-
 class _SessionLazyObject(LazyObject):
     """``scope["session"]``: the session store, made on first use from ``factory``."""
 
@@ -277,9 +266,10 @@ class InstanceSessionWrapper:
         await self.real_send(message)
 
     async def _process_response(self, message: Message) -> None:
-        # The rules of django.contrib.sessions.middleware.SessionMiddleware.
+        # The rules of django.contrib.sessions.middleware.SessionMiddleware, except
+        # that, as in Channels, no ``Vary: Cookie`` is added: the response's headers
+        # are the application's own plus the cookie (see the module docstring).
         session = self.scope["session"]
-        accessed = session.accessed
         modified = session.modified
         is_empty = session.is_empty()
         carries_cookie = message["type"] in self.cookie_response_message_types
@@ -293,9 +283,7 @@ class InstanceSessionWrapper:
                     domain=settings.SESSION_COOKIE_DOMAIN,
                     samesite=settings.SESSION_COOKIE_SAMESITE,
                 )
-                _add_vary_cookie(message)
             return
-        vary = accessed
         # A 5xx means the view failed part way: don't persist its changes.
         if (
             (modified or settings.SESSION_SAVE_EVERY_REQUEST)
@@ -322,9 +310,6 @@ class InstanceSessionWrapper:
                     httponly=settings.SESSION_COOKIE_HTTPONLY or None,
                     samesite=settings.SESSION_COOKIE_SAMESITE,
                 )
-                vary = True
-        if vary and carries_cookie:
-            _add_vary_cookie(message)
 
     async def save_session(self) -> None:
         """Save the session, turning Django's ``UpdateError`` into ``SuspiciousOperation``.

@@ -7,24 +7,39 @@ an unmatched URLRouter path is a ``ValueError`` that ProtocolTypeRouter turns
 into a refusal, the in-memory layer has Channels' ``channels``/``groups``
 mappings as views, the communicators behave like asgiref's after a timeout and
 word their assertions like Channels', ``HttpCommunicator`` sends no
-``http.disconnect``, and ``accept(headers=...)`` keeps each pair's shape.
+``http.disconnect``, ``accept(headers=...)`` keeps each pair's shape, a
+session response carries ``Set-Cookie`` and no ``Vary``, a JSON consumer given
+a binary frame or invalid JSON closes the connection and then raises a
+``ValueError``, and a consumer yields to the loop once per handled message.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from typing import Any
 
 import anyio
 import pytest
+from django.test import override_settings
 from django.urls import path
 
 from channels_runtime.asgi import Message, Receive, Scope, Send
 from channels_runtime.auth import AuthMiddleware, AuthMiddlewareStack
 from channels_runtime.consumer import AsyncConsumer
-from channels_runtime.exceptions import StopConsumer
-from channels_runtime.generic.websocket import AsyncWebsocketConsumer, WebsocketConsumer
+from channels_runtime.exceptions import (
+    ClientInputRefused,
+    InvalidJsonFrame,
+    StopConsumer,
+    UnexpectedBinaryFrame,
+)
+from channels_runtime.generic.websocket import (
+    AsyncJsonWebsocketConsumer,
+    AsyncWebsocketConsumer,
+    JsonWebsocketConsumer,
+    WebsocketConsumer,
+)
 from channels_runtime.layers import InMemoryChannelLayer
 from channels_runtime.layers.base import BaseChannelLayer
 from channels_runtime.middleware import BaseMiddleware
@@ -572,3 +587,234 @@ def test_invalid_samesite_is_a_value_and_an_assertion_error_in_channels_words() 
     assert error.__notes__ == ["samesite was 'Hello'"]
     assert error.samesite == "Hello"
     assert "headers" not in message
+
+
+# -- sessions: the response carries the cookie and nothing else ---------------------------
+
+
+class SessionCounter(AsyncConsumer):
+    """Channels' test app: saves the session, then answers with no headers of its own."""
+
+    channel_layer_alias = None
+
+    async def http_request(self, message: Message) -> None:
+        session = self.scope["session"]
+        await session.aset("visits", (await session.aget("visits", 0)) + 1)
+        await self.send({"type": "http.response.start", "status": 200, "headers": []})
+        await self.send({"type": "http.response.body", "body": b"counted"})
+        raise StopConsumer()
+
+
+@override_settings(SESSION_ENGINE="django.contrib.sessions.backends.cache")
+async def test_a_session_response_carries_only_set_cookie() -> None:
+    app = SessionMiddlewareStack(SessionCounter.as_asgi())
+    response = await HttpCommunicator(app, "GET", "/").get_response()
+    assert response["status"] == 200
+    assert response["body"] == b"counted"
+    # No Vary: Cookie, as in Channels: the one header is the session cookie.
+    [(name, value)] = response["headers"]
+    assert name == b"Set-Cookie"
+    assert value.startswith(b"sessionid=")
+    # A read-only visit with that cookie gets no header at all.
+    cookie = value.split(b";")[0]
+
+    class Reader(SessionCounter):
+        async def http_request(self, message: Message) -> None:
+            visits = await self.scope["session"].aget("visits")
+            await self.send({"type": "http.response.start", "status": 200, "headers": []})
+            await self.send({"type": "http.response.body", "body": str(visits).encode()})
+            raise StopConsumer()
+
+    reader = SessionMiddlewareStack(Reader.as_asgi())
+    response = await HttpCommunicator(
+        reader, "GET", "/", headers=[(b"cookie", cookie)]
+    ).get_response()
+    assert response["body"] == b"1"
+    assert response["headers"] == []
+
+
+# -- a JSON consumer given a frame it cannot take: close code, then ValueError ------------
+
+
+class AsyncJsonEcho(AsyncJsonWebsocketConsumer):
+    channel_layer_alias = None
+
+    async def receive_json(self, content: Any, **kwargs: Any) -> None:
+        await self.send_json(content)
+
+
+class SyncJsonEcho(JsonWebsocketConsumer):
+    channel_layer_alias = None
+
+    def receive_json(self, content: Any, **kwargs: Any) -> None:
+        self.send_json(content)
+
+
+JSON_CONSUMERS = pytest.mark.parametrize(
+    "consumer", [AsyncJsonEcho, SyncJsonEcho], ids=["async", "sync"]
+)
+
+
+@JSON_CONSUMERS
+async def test_binary_frame_to_a_json_consumer_closes_1003_then_raises_value_error(
+    consumer: type[AsyncConsumer],
+) -> None:
+    communicator = WebsocketCommunicator(consumer.as_asgi(), "/ws/")
+    assert (await communicator.connect())[0]
+    await communicator.send_json_to({"hello": "world"})
+    assert await communicator.receive_json_from() == {"hello": "world"}
+    await communicator.send_to(bytes_data=b"w\0\0\0")
+    # The client is told first, with the code for "unsupported data"...
+    assert await communicator.receive_output() == {"type": "websocket.close", "code": 1003}
+    # ...then the application fails with Channels' ValueError.
+    with pytest.raises(ValueError) as info:
+        await communicator.wait()
+    assert str(info.value) == "No text section for incoming WebSocket frame!"
+    assert type(info.value) is UnexpectedBinaryFrame
+    assert isinstance(info.value, ClientInputRefused)
+    assert info.value.close_code == 1003
+
+
+@JSON_CONSUMERS
+async def test_invalid_json_closes_1007_then_raises_value_error_caused_by_the_decoder(
+    consumer: type[AsyncConsumer],
+) -> None:
+    communicator = WebsocketCommunicator(consumer.as_asgi(), "/ws/")
+    assert (await communicator.connect())[0]
+    await communicator.send_to(text_data="{not json")
+    assert await communicator.receive_output() == {"type": "websocket.close", "code": 1007}
+    with pytest.raises(ValueError) as info:
+        await communicator.wait()
+    assert type(info.value) is InvalidJsonFrame
+    assert info.value.close_code == 1007
+    # Channels raises json's own error; here it is the cause, with the same message.
+    assert isinstance(info.value.__cause__, json.JSONDecodeError)
+    assert str(info.value) == str(info.value.__cause__)
+
+
+@JSON_CONSUMERS
+async def test_under_protocol_type_router_a_refused_frame_is_one_warning_and_no_error(
+    consumer: type[AsyncConsumer], caplog: pytest.LogCaptureFixture
+) -> None:
+    """What a server sees: the router ends the connection quietly, the warning is the record."""
+    application = ProtocolTypeRouter({"websocket": URLRouter([path("ws/", consumer.as_asgi())])})
+    for frame, code in [({"bytes": b"\x00"}, 1003), ({"text": "nope"}, 1007)]:
+        caplog.clear()
+        communicator = WebsocketCommunicator(application, "/ws/")
+        assert (await communicator.connect())[0]
+        with caplog.at_level(logging.WARNING):
+            await communicator.send_input({"type": "websocket.receive", **frame})
+            assert await communicator.receive_output() == {"type": "websocket.close", "code": code}
+            await communicator.wait()  # returns: no exception reaches the server
+        records = [r for r in caplog.records if r.levelno >= logging.WARNING]
+        assert len(records) == 1, [r.getMessage() for r in records]
+        assert records[0].name == "channels_runtime.generic.websocket"
+        assert records[0].exc_info is None
+        assert f"code {code}" in records[0].getMessage()
+
+
+async def test_protocol_type_router_still_raises_other_value_errors() -> None:
+    class Broken(AsyncJsonWebsocketConsumer):
+        channel_layer_alias = None
+
+        async def receive_json(self, content: Any, **kwargs: Any) -> None:
+            raise ValueError("the application's own bug")
+
+    application = ProtocolTypeRouter({"websocket": Broken.as_asgi()})
+    communicator = WebsocketCommunicator(application, "/ws/")
+    assert (await communicator.connect())[0]
+    await communicator.send_json_to({})
+    with pytest.raises(ValueError, match="the application's own bug"):
+        await communicator.wait()
+
+
+# -- scheduling: a consumer yields to the loop once per handled message --------------------
+
+
+def queued(*messages: Message) -> Receive:
+    """A source holding ``messages`` already, handed out without yielding (as a busy server's)."""
+    pending = list(messages)
+
+    async def receive() -> Message:
+        if pending:
+            return pending.pop(0)
+        await anyio.sleep_forever()
+        raise AssertionError("unreachable")
+
+    return receive
+
+
+class Waker(AsyncConsumer):
+    """``test.wake`` wakes a task through an event; ``test.look`` records whether it ran."""
+
+    def __init__(self, woken: anyio.Event, ran: list[str], seen: list[list[str]]) -> None:
+        self.woken, self.ran, self.seen = woken, ran, seen
+
+    async def test_wake(self, message: Message) -> None:
+        self.woken.set()
+
+    async def test_look(self, message: Message) -> None:
+        self.seen.append(list(self.ran))
+        raise StopConsumer()
+
+
+@pytest.mark.parametrize("with_layer", [False, True], ids=["client-only", "client-and-layer"])
+async def test_a_task_woken_by_a_handler_runs_before_the_next_queued_message(
+    with_layer: bool,
+) -> None:
+    # Repeated: trio runs ready tasks in a random order, so a single pass could
+    # succeed by luck.
+    for _ in range(20):
+        woken = anyio.Event()
+        ran: list[str] = []
+        seen: list[list[str]] = []
+
+        async def woken_task(woken: anyio.Event = woken, ran: list[str] = ran) -> None:
+            await woken.wait()
+            ran.append("woken task")
+
+        consumer = Waker(woken, ran, seen)
+        consumer.channel_layer_alias = "default" if with_layer else None  # type: ignore[misc]
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(woken_task)
+            await anyio.wait_all_tasks_blocked()
+            receive = queued({"type": "test.wake"}, {"type": "test.look"})
+            with anyio.fail_after(5):
+                await consumer({"type": "test"}, receive, never_send)
+        assert seen == [["woken task"]]
+
+
+async def test_through_the_communicator_a_woken_task_runs_between_queued_frames() -> None:
+    """The shape of django-channels-graphql-ws's tests: frames sent back to back."""
+
+    class Notifier(AsyncWebsocketConsumer):
+        channel_layer_alias = None
+
+        def __init__(self, ready: anyio.Event, notes: list[str]) -> None:
+            super().__init__()
+            self.ready, self.notes = ready, notes
+
+        async def receive(
+            self, text_data: str | None = None, bytes_data: bytes | None = None
+        ) -> None:
+            if text_data == "go":
+                self.ready.set()
+            else:
+                await self.send(text_data=f"{text_data} after {self.notes}")
+
+    for _ in range(10):
+        ready = anyio.Event()
+        notes: list[str] = []
+
+        async def notifier(ready: anyio.Event = ready, notes: list[str] = notes) -> None:
+            await ready.wait()
+            notes.append("notified")
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(notifier)
+            communicator = WebsocketCommunicator(Notifier.as_asgi(ready=ready, notes=notes), "/")
+            assert (await communicator.connect())[0]
+            await communicator.send_to(text_data="go")
+            await communicator.send_to(text_data="next")
+            assert await communicator.receive_from() == "next after ['notified']"
+            await communicator.disconnect()

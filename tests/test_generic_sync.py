@@ -9,6 +9,7 @@ import pytest
 from django.db import connections
 
 from channels_runtime.consumer import SyncConsumer
+from channels_runtime.exceptions import InvalidJsonFrame, UnexpectedBinaryFrame
 from channels_runtime.generic.websocket import JsonWebsocketConsumer, WebsocketConsumer
 from channels_runtime.layers import get_channel_layer
 from channels_runtime.sync import async_to_sync
@@ -107,19 +108,24 @@ class Json(JsonWebsocketConsumer):
 
 
 async def test_json_websocket_consumer() -> None:
-    async with WebsocketCommunicator(Json.as_asgi(), "/ws/") as comm:
-        await comm.connect()
-        await comm.send_json_to({"a": [1, 2]})
-        assert await comm.receive_json_from() == {"echo": {"a": [1, 2]}}
-        await comm.send_to(text_data="{not json")
-        assert await comm.receive_output() == {"type": "websocket.close", "code": 1007}
+    comm = WebsocketCommunicator(Json.as_asgi(), "/ws/")
+    await comm.connect()
+    await comm.send_json_to({"a": [1, 2]})
+    assert await comm.receive_json_from() == {"echo": {"a": [1, 2]}}
+    await comm.send_to(text_data="{not json")
+    # The close is sent from the handler's thread before the ValueError ends the consumer.
+    assert await comm.receive_output() == {"type": "websocket.close", "code": 1007}
+    with pytest.raises(InvalidJsonFrame):
+        await comm.wait()
 
 
-async def test_json_websocket_consumer_closes_on_binary() -> None:
-    async with WebsocketCommunicator(Json.as_asgi(), "/ws/") as comm:
-        await comm.connect()
-        await comm.send_to(bytes_data=b"{}")
-        assert await comm.receive_output() == {"type": "websocket.close", "code": 1003}
+async def test_json_websocket_consumer_closes_on_binary_then_raises() -> None:
+    comm = WebsocketCommunicator(Json.as_asgi(), "/ws/")
+    await comm.connect()
+    await comm.send_to(bytes_data=b"{}")
+    assert await comm.receive_output() == {"type": "websocket.close", "code": 1003}
+    with pytest.raises(UnexpectedBinaryFrame, match="No text section"):
+        await comm.wait()
 
 
 class Refuser(WebsocketConsumer):

@@ -16,6 +16,8 @@ from channels_runtime.exceptions import (
     AcceptConnection,
     DenyConnection,
     InvalidChannelLayerError,
+    InvalidJsonFrame,
+    UnexpectedBinaryFrame,
 )
 from channels_runtime.generic.websocket import (
     AsyncJsonWebsocketConsumer,
@@ -507,7 +509,7 @@ async def test_json_roundtrip() -> None:
 
 
 @pytest.mark.parametrize("payload", ["{not json", ""])
-async def test_invalid_json_closes_with_1007_and_warns(
+async def test_invalid_json_closes_with_1007_warns_and_raises(
     payload: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     comm = WebsocketCommunicator(JsonCounter.as_asgi(), "/counter/")
@@ -515,14 +517,17 @@ async def test_invalid_json_closes_with_1007_and_warns(
     with caplog.at_level(logging.WARNING, logger="channels_runtime.generic.websocket"):
         await comm.send_input({"type": "websocket.receive", "text": payload})
         assert await comm.receive_output() == {"type": "websocket.close", "code": 1007}
+        # Then the consumer ends with a ValueError, as Channels' does (json's is the cause).
+        with pytest.raises(InvalidJsonFrame) as info:
+            await comm.wait()
+    assert isinstance(info.value, ValueError)
+    assert isinstance(info.value.__cause__, json.JSONDecodeError)
     warnings = [r for r in caplog.records if r.name == "channels_runtime.generic.websocket"]
     assert len(warnings) == 1
     assert warnings[0].levelno == logging.WARNING
     assert "JsonCounter" in warnings[0].getMessage()
     assert "/counter/" in warnings[0].getMessage()
     assert "1007" in warnings[0].getMessage()
-    # The consumer is still healthy: it ends normally when the server reports the close.
-    await comm.disconnect(code=1007)
 
 
 async def test_invalid_json_handling_is_overridable() -> None:
@@ -551,12 +556,14 @@ async def test_invalid_json_can_raise_as_in_channels() -> None:
         await comm.wait()
 
 
-async def test_binary_frame_to_json_consumer_closes_with_1003() -> None:
+async def test_binary_frame_to_json_consumer_closes_with_1003_then_raises() -> None:
     comm = WebsocketCommunicator(JsonCounter.as_asgi(), "/")
     await comm.connect()
     await comm.send_input({"type": "websocket.receive", "text": None, "bytes": b"{}"})
     assert await comm.receive_output() == {"type": "websocket.close", "code": 1003}
-    await comm.disconnect(code=1003)
+    with pytest.raises(ValueError, match="No text section for incoming WebSocket frame!") as info:
+        await comm.wait()
+    assert type(info.value) is UnexpectedBinaryFrame
 
 
 async def test_json_hooks_async_and_sync_overrides() -> None:

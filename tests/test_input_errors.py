@@ -3,10 +3,13 @@
 The JSON consumers (async and sync) are driven with frames no client should
 send: documents nested deeper than the decoder can recurse, binary frames,
 text a custom decoder refuses. Each must close the connection with the code
-RFC 6455 has for it (1007 invalid payload, 1003 unsupported data) and log
-exactly one WARNING without ``exc_info``, while errors raised by the
-application's own ``receive_json`` keep propagating. The last test does the
-same over real sockets against ``channels-runtime serve``.
+RFC 6455 has for it (1007 invalid payload, 1003 unsupported data), log
+exactly one WARNING without ``exc_info``, and then end the consumer with the
+``ValueError`` Channels raises there (``InvalidJsonFrame``,
+``UnexpectedBinaryFrame``), while errors raised by the application's own
+``receive_json`` keep propagating as themselves. The last test does the same
+over real sockets against ``channels-runtime serve``, where ``ProtocolTypeRouter``
+keeps that ``ValueError`` out of the server's log.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from e2e_app.harness import Server, base_env, cli_command
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
+from channels_runtime.exceptions import ClientInputRefused, InvalidJsonFrame, UnexpectedBinaryFrame
 from channels_runtime.generic.websocket import (
     CLOSE_CODE_INVALID_PAYLOAD,
     CLOSE_CODE_UNSUPPORTED_DATA,
@@ -97,6 +101,13 @@ class SyncHexDecoder(SyncEcho):
         return _decode_hex_utf8(text_data)
 
 
+#: What the consumer raises after closing with each code: a ValueError, as in Channels.
+REFUSALS: dict[int, type[ClientInputRefused]] = {
+    CLOSE_CODE_INVALID_PAYLOAD: InvalidJsonFrame,
+    CLOSE_CODE_UNSUPPORTED_DATA: UnexpectedBinaryFrame,
+}
+
+
 def _one_clean_warning(caplog: pytest.LogCaptureFixture) -> logging.LogRecord:
     """The single record the consumer logged: a WARNING, one line, no traceback."""
     records = [r for r in caplog.records if r.name == LOGGER]
@@ -118,12 +129,13 @@ async def _expect_close(
     with caplog.at_level(logging.WARNING, logger=LOGGER):
         await comm.send_input({"type": "websocket.receive", **frame})
         assert await comm.receive_output(timeout=5) == {"type": "websocket.close", "code": code}
+        # Then the consumer ends with Channels' ValueError, which logs nothing more.
+        with pytest.raises(REFUSALS[code]):
+            await comm.wait()
     record = _one_clean_warning(caplog)
     assert consumer.__qualname__ in record.getMessage()
     assert "'/ws/json/'" in record.getMessage()
     assert str(code) in record.getMessage()
-    # The consumer itself is fine: it ends normally once the server reports the close.
-    await comm.disconnect(code=code)
     return record
 
 
@@ -235,27 +247,36 @@ class SyncAcceptsBinary(SyncEcho):
 async def test_receive_binary_is_the_hook_for_accepting_binary_frames(
     consumer: type, caplog: pytest.LogCaptureFixture
 ) -> None:
-    async with WebsocketCommunicator(consumer.as_asgi(), "/") as comm:
-        await comm.connect()
-        with caplog.at_level(logging.WARNING, logger=LOGGER):
-            await comm.send_to(bytes_data=b'{"via": "binary"}')
-            assert await comm.receive_json_from() == {"via": "binary"}
-            await comm.send_to(bytes_data=b"\xff not json")
-            assert await comm.receive_output(timeout=5) == {"type": "websocket.close", "code": 1007}
+    comm = WebsocketCommunicator(consumer.as_asgi(), "/")
+    await comm.connect()
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        await comm.send_to(bytes_data=b'{"via": "binary"}')
+        assert await comm.receive_json_from() == {"via": "binary"}
+        await comm.send_to(bytes_data=b"\xff not json")
+        assert await comm.receive_output(timeout=5) == {"type": "websocket.close", "code": 1007}
+        with pytest.raises(InvalidJsonFrame):
+            await comm.wait()
     assert "not valid JSON" in _one_clean_warning(caplog).getMessage()
 
 
 @pytest.mark.anyio
-async def test_receive_binary_can_raise_as_in_channels() -> None:
+async def test_a_receive_binary_override_replaces_the_default_entirely(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An override that raises its own error: no close code, no warning from the default."""
+
     class Strict(AsyncEcho):
         async def receive_binary(self, bytes_data: bytes, **kwargs: Any) -> None:
-            raise ValueError("No text section for incoming WebSocket frame!")
+            raise ValueError(f"binary frames are not welcome here ({len(bytes_data)} bytes)")
 
     comm = WebsocketCommunicator(Strict.as_asgi(), "/")
     await comm.connect()
-    await comm.send_to(bytes_data=b"{}")
-    with pytest.raises(ValueError, match="No text section"):
-        await comm.wait()
+    with caplog.at_level(logging.WARNING, logger=LOGGER):
+        await comm.send_to(bytes_data=b"{}")
+        with pytest.raises(ValueError, match=r"not welcome here \(2 bytes\)") as info:
+            await comm.wait()
+    assert type(info.value) is ValueError
+    assert [r for r in caplog.records if r.name == LOGGER] == []
 
 
 # -- one warning per connection, however many bad frames --------------------------------
@@ -272,9 +293,10 @@ async def test_frames_queued_behind_a_bad_one_add_no_warnings(
         for frame in [{"bytes": b"x"}, {"text": "nope"}, {"text": DEEP_ARRAYS}, {"text": "{}"}]:
             await comm.send_input({"type": "websocket.receive", **frame})
         assert await comm.receive_output(timeout=5) == {"type": "websocket.close", "code": 1003}
-        assert await comm.receive_nothing(timeout=0.3)
+        # The consumer ends on the first bad frame: the rest are never handled.
+        with pytest.raises(UnexpectedBinaryFrame):
+            await comm.wait()
     assert "binary" in _one_clean_warning(caplog).getMessage()
-    await comm.disconnect(code=1003)
 
 
 @pytest.mark.anyio

@@ -19,7 +19,14 @@ import anyio
 
 from ..asgi import Message, Receive, Scope, Send
 from ..consumer import AsyncConsumer, SyncConsumer
-from ..exceptions import AcceptConnection, DenyConnection, InvalidChannelLayerError, StopConsumer
+from ..exceptions import (
+    AcceptConnection,
+    DenyConnection,
+    InvalidChannelLayerError,
+    InvalidJsonFrame,
+    StopConsumer,
+    UnexpectedBinaryFrame,
+)
 from ..sync import async_to_sync
 from .http import BytesLike, HeadersArg, encode_headers
 
@@ -346,27 +353,27 @@ class AsyncJsonWebsocketConsumer(AsyncWebsocketConsumer):
     """A WebSocket consumer that exchanges JSON documents in text frames.
 
     Override :meth:`receive_json` and reply with :meth:`send_json`. What a client
-    gets wrong is answered without a traceback: the connection is closed with a
-    close code saying why and one warning line is logged, so no client can flood
-    the log or have its mistake reported as a server error.
+    gets wrong closes the connection with a close code saying why, logs one
+    warning line, and ends the consumer with a ``ValueError``, as in Channels:
 
     * a text frame that cannot be decoded (not JSON, nested too deeply): 1007,
-      see :meth:`receive_invalid_json`;
-    * a binary frame: 1003, see :meth:`receive_binary`.
+      then :class:`~channels_runtime.exceptions.InvalidJsonFrame`; see
+      :meth:`receive_invalid_json`;
+    * a binary frame: 1003, then
+      :class:`~channels_runtime.exceptions.UnexpectedBinaryFrame`; see
+      :meth:`receive_binary`.
 
-    Errors raised by :meth:`receive_json` itself are the application's and
-    propagate as usual.
+    Both are :class:`~channels_runtime.exceptions.ClientInputRefused`, which
+    ``ProtocolTypeRouter`` ends quietly, so under a server no client can flood
+    the log with tracebacks or have its mistake reported as a server error;
+    a test driving the consumer directly sees the exception from
+    ``communicator.wait()``. Errors raised by :meth:`receive_json` itself are
+    the application's and propagate as usual.
     """
-
-    #: Set once a default hook has closed the connection over the client's input;
-    #: frames still queued behind the bad one are then dropped without another warning.
-    _refused_input: bool = False
 
     async def receive(
         self, text_data: str | None = None, bytes_data: bytes | None = None, **kwargs: Any
     ) -> None:
-        if self._refused_input:
-            return
         if text_data is None:
             if bytes_data is None:  # called directly with neither: a programming error
                 raise ValueError("No text section for incoming WebSocket frame!")
@@ -383,29 +390,33 @@ class AsyncJsonWebsocketConsumer(AsyncWebsocketConsumer):
         """Handle one decoded JSON document. The default ignores it."""
 
     async def receive_invalid_json(self, text_data: str, error: ValueError) -> None:
-        """A text frame could not be decoded: log a warning and close with 1007.
+        """A text frame could not be decoded: warn, close with 1007, raise ``InvalidJsonFrame``.
 
         ``error`` is the decoder's ``ValueError``; a document nested too deeply
         arrives as a ``ValueError`` whose ``__cause__`` is the ``RecursionError``.
+        The :class:`~channels_runtime.exceptions.InvalidJsonFrame` raised is a
+        ``ValueError`` with ``error``'s message and ``error`` as its cause.
         Override to answer differently, e.g. ``await self.send_json({"error": ...})``
-        to keep the connection open, or ``raise error`` for Channels' behaviour
-        of failing the connection with the exception.
+        to keep the connection open.
         """
         _warn_invalid_json(self, error)
-        self._refused_input = True
         await self.close(code=CLOSE_CODE_INVALID_PAYLOAD)
+        raise InvalidJsonFrame(str(error)) from error
 
     async def receive_binary(self, bytes_data: bytes, **kwargs: Any) -> None:
-        """A binary frame arrived: log a warning and close with 1003 ("unsupported data").
+        """A binary frame arrived: warn, close with 1003, raise ``UnexpectedBinaryFrame``.
 
-        JSON travels in text frames. Override to accept binary frames, for example
-        to decode them yourself and call :meth:`receive_json`; ``kwargs`` are the
-        ones :meth:`receive` was given. ``raise ValueError("No text section for
-        incoming WebSocket frame!")`` restores Channels' behaviour.
+        JSON travels in text frames; Channels fails the connection with
+        ``ValueError("No text section for incoming WebSocket frame!")`` here, and
+        :class:`~channels_runtime.exceptions.UnexpectedBinaryFrame` is that
+        ``ValueError``, raised once the client has its close code ("unsupported
+        data"). Override to accept binary frames, for example to decode them
+        yourself and call :meth:`receive_json`; ``kwargs`` are the ones
+        :meth:`receive` was given.
         """
         _warn_binary_frame(self, bytes_data)
-        self._refused_input = True
         await self.close(code=CLOSE_CODE_UNSUPPORTED_DATA)
+        raise UnexpectedBinaryFrame()
 
     async def send_json(self, content: Any, close: bool | int = False) -> None:
         """Encode ``content`` with :meth:`encode_json` and send it as a text frame."""
@@ -500,17 +511,13 @@ class JsonWebsocketConsumer(WebsocketConsumer):
 
     The client's mistakes are handled as in the async variant: a text frame that
     cannot be decoded closes with 1007 (:meth:`receive_invalid_json`), a binary
-    frame with 1003 (:meth:`receive_binary`), each with one warning line.
+    frame with 1003 (:meth:`receive_binary`), each with one warning line, and
+    the consumer ends with the ``ValueError`` Channels raises there.
     """
-
-    #: See :attr:`AsyncJsonWebsocketConsumer._refused_input`.
-    _refused_input: bool = False
 
     def receive(
         self, text_data: str | None = None, bytes_data: bytes | None = None, **kwargs: Any
     ) -> None:
-        if self._refused_input:
-            return
         if text_data is None:
             if bytes_data is None:  # called directly with neither: a programming error
                 raise ValueError("No text section for incoming WebSocket frame!")
@@ -527,22 +534,22 @@ class JsonWebsocketConsumer(WebsocketConsumer):
         """Handle one decoded JSON document. The default ignores it."""
 
     def receive_invalid_json(self, text_data: str, error: ValueError) -> None:
-        """A text frame could not be decoded: log a warning and close with 1007.
+        """A text frame could not be decoded: warn, close with 1007, raise ``InvalidJsonFrame``.
 
         Overridable as in :meth:`AsyncJsonWebsocketConsumer.receive_invalid_json`.
         """
         _warn_invalid_json(self, error)
-        self._refused_input = True
         self.close(code=CLOSE_CODE_INVALID_PAYLOAD)
+        raise InvalidJsonFrame(str(error)) from error
 
     def receive_binary(self, bytes_data: bytes, **kwargs: Any) -> None:
-        """A binary frame arrived: log a warning and close with 1003 ("unsupported data").
+        """A binary frame arrived: warn, close with 1003, raise ``UnexpectedBinaryFrame``.
 
         Overridable as in :meth:`AsyncJsonWebsocketConsumer.receive_binary`.
         """
         _warn_binary_frame(self, bytes_data)
-        self._refused_input = True
         self.close(code=CLOSE_CODE_UNSUPPORTED_DATA)
+        raise UnexpectedBinaryFrame()
 
     def send_json(self, content: Any, close: bool | int = False) -> None:
         """Encode ``content`` with :meth:`encode_json` and send it as a text frame."""
