@@ -127,9 +127,12 @@ __all__ = [
     "HttpApplication",
     "check_http_application",
     "get_asgi_application",
+    "substitute_django_handler",
 ]
 
 logger = logging.getLogger("django.request")
+#: Where the substitution of Django's ASGIHandler is announced.
+runtime_logger = logging.getLogger("channels_runtime.http")
 
 #: Default for ``settings.CHANNELS_RUNTIME_HTTP_THREADS``: Django requests served at once
 #: in worker threads (the same number as anyio's and trio's default thread limit).
@@ -177,6 +180,32 @@ def check_http_application(application: object) -> None:
         current = getattr(current, "inner", None)
         if current is None:
             return
+
+
+def substitute_django_handler(application: object) -> HttpApplication | None:
+    """The application that serves Django's own ``ASGIHandler`` instead, or ``None``.
+
+    A project whose ``asgi.py`` maps ``django.core.asgi.get_asgi_application()``
+    (the Channels tutorial's) would answer every request with a 500 on trio,
+    where Django's handler cannot run. :class:`HttpApplication` serves the same
+    views, middleware and settings on every worker class, so it takes the
+    handler's place on all of them: one code path whichever loop runs, faster,
+    and streaming sync iterators (see ``docs/django-http.md``). The replacement
+    is announced with one log line.
+
+    Only an instance of exactly ``ASGIHandler`` is replaced: a subclass (such as
+    staticfiles' ``ASGIStaticFilesHandler``) may change how requests are
+    handled, so it is left alone; :func:`check_http_application` refuses it on
+    trio. Called by ``ProtocolTypeRouter`` for its ``"http"`` application and by
+    ``serve``/``runserver`` for a bare handler as the whole application.
+    """
+    if type(application) is not ASGIHandler:
+        return None
+    runtime_logger.info(
+        "Django's ASGIHandler (django.core.asgi.get_asgi_application()) is served by "
+        "channels_runtime.http: the same views and middleware, on asyncio, uvloop and trio"
+    )
+    return HttpApplication()
 
 
 def _configured_threads(max_threads: int | None) -> int:

@@ -35,7 +35,7 @@ from .asgi import ASGIApp, Receive, Scope, Send
 from .compat import hypercorn_fixes
 from .compat.backend import ensure_bridge
 from .exceptions import ClientInputRefused
-from .http import check_http_application
+from .http import check_http_application, substitute_django_handler
 from .layers.manager import channel_layers
 
 logger = logging.getLogger(__name__)
@@ -183,10 +183,19 @@ class ProtocolTypeRouter:
     the connection over a client's bad frame and logging one warning) ends the
     connection here without a server traceback.
     The mapped application's return value is returned, as in Channels.
+
+    Django's own ``ASGIHandler`` as the ``"http"`` application (the Channels
+    tutorial's ``get_asgi_application()``) is served by
+    :mod:`channels_runtime.http` instead, on every worker class: see
+    :func:`~channels_runtime.http.substitute_django_handler`.
     """
 
     def __init__(self, application_mapping: Mapping[str, ASGIApp]) -> None:
         self.application_mapping = application_mapping
+        http = application_mapping.get("http")
+        substitute = substitute_django_handler(http)
+        #: (Django's handler as mapped, the application that serves it), if any.
+        self._django_http = (http, substitute) if substitute is not None else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # ``async def`` matters: Hypercorn recognises an ASGI 3 app by a
@@ -199,8 +208,12 @@ class ProtocolTypeRouter:
         application = self.application_mapping.get(scope_type)
         if application is not None:
             if scope_type == "http":
-                # Django's ASGIHandler is asyncio-only: on trio, say what to use instead.
-                check_http_application(application)
+                if self._django_http is not None and application is self._django_http[0]:
+                    application = self._django_http[1]
+                else:
+                    # Django's ASGIHandler, subclassed or wrapped, is asyncio-only:
+                    # on trio, say what to use instead.
+                    check_http_application(application)
             try:
                 return await application(scope, receive, send)
             except NoRouteFound:

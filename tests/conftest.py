@@ -50,6 +50,10 @@ if not settings.configured:
         ROOT_URLCONF=None,
         USE_TZ=True,
         DEFAULT_AUTO_FIELD="django.db.models.AutoField",
+        # Django Channels is installed as the reference the parity tests compare
+        # with, so "channels" must stay Channels in this process: the alias
+        # (channels_runtime.alias) is tested in subprocesses (tests/test_alias*.py).
+        CHANNELS_RUNTIME_ALIAS=False,
     )
     django.setup()
 

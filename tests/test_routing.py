@@ -672,18 +672,41 @@ async def test_hypercorn_end_to_end(
     )
 
 
-async def test_router_refuses_djangos_asgi_handler_on_trio(anyio_backend_name: str) -> None:
+async def test_router_serves_djangos_asgi_handler_on_every_backend(
+    anyio_backend_name: str,
+) -> None:
     from django.core.asgi import get_asgi_application as django_asgi_application
     from django.core.exceptions import ImproperlyConfigured
+    from django.core.handlers.asgi import ASGIHandler
 
+    from channels_runtime.http import HttpApplication
     from channels_runtime.testing import HttpCommunicator
 
-    router = ProtocolTypeRouter({"http": django_asgi_application()})
-    communicator = HttpCommunicator(router, "GET", "/no-such-page/")
+    # Django's own handler, as the Channels tutorial maps it, is served by
+    # channels_runtime.http on every backend (Django's cannot run on trio).
+    handler = django_asgi_application()
+    router = ProtocolTypeRouter({"http": handler})
+    assert router.application_mapping["http"] is handler
+    assert router._django_http is not None
+    assert isinstance(router._django_http[1], HttpApplication)
+    with override_settings(ROOT_URLCONF="http_urls"):
+        response = await HttpCommunicator(router, "GET", "/hello/").get_response()
+        assert (response["status"], response["body"]) == (200, b"hello sync")
+        assert (await HttpCommunicator(router, "GET", "/no-such-page/").get_response())[
+            "status"
+        ] == 404
+
+    # A subclass may handle requests its own way, so it is not replaced: on trio it
+    # is refused with the fix.
+    class OwnHandler(ASGIHandler):
+        pass
+
+    router = ProtocolTypeRouter({"http": OwnHandler()})  # type: ignore[dict-item]
+    assert router._django_http is None
+    communicator = HttpCommunicator(router, "GET", "/hello/")
     with override_settings(ROOT_URLCONF="http_urls"):
         if anyio_backend_name == "trio":
             with pytest.raises(ImproperlyConfigured, match="get_asgi_application"):
                 await communicator.get_response()
         else:
-            # On asyncio Django's own handler keeps working behind the router.
-            assert (await communicator.get_response())["status"] == 404
+            assert (await communicator.get_response())["status"] == 200
