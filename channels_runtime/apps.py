@@ -32,7 +32,9 @@ def _install_alias() -> None:
             route="'channels_runtime' in INSTALLED_APPS",
             too_late_hint=(
                 "Move 'channels_runtime' above 'daphne' and 'channels' in INSTALLED_APPS "
-                "(first is simplest)."
+                "(first is simplest). Under a server other than channels-runtime serve, where "
+                "asgi.py imports channels before Django is set up (as the Channels tutorial's "
+                "does), make 'import channels_runtime.alias.enable' the first import of asgi.py."
             ),
         )
 

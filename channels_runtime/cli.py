@@ -5,6 +5,11 @@ defaults, the safer ones of :data:`~channels_runtime.server.config.SERVE_DEFAULT
 a Hypercorn TOML file (``--config``, or ``./hypercorn.toml`` when it
 exists), and the flags. Every value is checked before anything starts; a bad
 one is reported with its source, key and value, and the exit status is 2.
+
+Both commands install the ``channels`` alias (:mod:`channels_runtime.alias`)
+before they import the project, so an unmodified Channels project runs; and
+``serve`` refuses, with exit status 2, a project that cannot run on the chosen
+worker class (:mod:`channels_runtime.server.preflight`).
 """
 
 from __future__ import annotations
@@ -50,7 +55,11 @@ class: the server stops accepting, open WebSockets are closed with code 1001 and
 their consumers' disconnect handlers run, HTTP requests in flight get up to
 --graceful-timeout seconds, then channel layers are closed. A second signal
 stops at once. Exit status: 0 after a graceful shutdown, 1 if the server or a
-worker failed (including lifespan startup failure), 2 for usage/config errors.
+worker failed (including lifespan startup failure), 2 for usage/config errors,
+including settings that cannot run on the chosen worker class (an asyncio-only
+channel layer or application on trio). Before the project is imported,
+'channels', 'channels_redis' and 'daphne' are made to resolve to channels_runtime
+(CHANNELS_RUNTIME_ALIAS=0 turns that off).
 """
 
 _WORKER_EPILOG = """\

@@ -81,8 +81,8 @@ def _importable(module: str) -> bool:
         return False
 
 
-def prepare_django(hint_module: str | None) -> str | None:
-    """Pick the settings module and set Django up; returns the settings module used.
+def prepare_django(hint_module: str | None, *, route: str = "channels-runtime") -> str | None:
+    """Pick the settings module, install the alias and set Django up; returns the settings used.
 
     ``DJANGO_SETTINGS_MODULE`` wins. Otherwise the ``settings`` module next to
     ``hint_module`` is used if it exists (``myproject.asgi`` gives
@@ -90,6 +90,12 @@ def prepare_django(hint_module: str | None) -> str | None:
     Django is not set up yet: the application module may still choose its
     settings itself (``os.environ.setdefault`` in a standard ``asgi.py``);
     :func:`import_application` checks afterwards.
+
+    Before anything of the project is imported, the ``channels`` alias
+    (:mod:`channels_runtime.alias`) is installed, taking over from an installed
+    Django Channels, unless the environment or the chosen settings turn it off
+    (``route`` names the command in its log line). Django's app registry and
+    the application module then see channels_runtime under Channels' names.
     """
     _add_cwd_to_path()
     chosen = os.environ.get("DJANGO_SETTINGS_MODULE")
@@ -99,8 +105,38 @@ def prepare_django(hint_module: str | None) -> str | None:
             chosen = candidate
             os.environ["DJANGO_SETTINGS_MODULE"] = candidate
     if chosen:
+        _check_importable(chosen)
+    _install_alias(route, read_settings=bool(chosen))
+    if chosen:
         _setup_django(chosen)
     return chosen
+
+
+def _install_alias(route: str, *, read_settings: bool) -> None:
+    from django.core.exceptions import ImproperlyConfigured
+
+    from .. import alias
+
+    try:
+        alias.install(
+            route=route,
+            read_settings=read_settings,
+            too_late_hint="Something imported it before the application (the settings module?).",
+        )
+    except alias.AliasError as exc:
+        raise ProjectError(str(exc)) from exc
+    except ImproperlyConfigured as exc:  # from reading the settings
+        settings_module = os.environ.get("DJANGO_SETTINGS_MODULE")
+        raise ProjectError(f"Django settings {settings_module!r} are not usable: {exc}") from exc
+
+
+def _check_importable(settings_module: str) -> None:
+    if not _importable(settings_module):
+        raise ProjectError(
+            f"Cannot import the settings module {settings_module!r} "
+            "(from DJANGO_SETTINGS_MODULE). Check the name, and run from the directory "
+            "that contains the project package."
+        )
 
 
 def _setup_django(settings_module: str) -> None:
@@ -110,12 +146,7 @@ def _setup_django(settings_module: str) -> None:
 
     if apps.ready:
         return
-    if not _importable(settings_module):
-        raise ProjectError(
-            f"Cannot import the settings module {settings_module!r} "
-            "(from DJANGO_SETTINGS_MODULE). Check the name, and run from the directory "
-            "that contains the project package."
-        )
+    _check_importable(settings_module)
     try:
         django.setup()
     except ImproperlyConfigured as exc:
@@ -193,4 +224,11 @@ def describe_channel_layer(alias: str = "default") -> str:
     config = layers.get(alias) if isinstance(layers, dict) else None
     if not isinstance(config, dict):
         return "none"
-    return str(config.get("BACKEND", "none"))
+    path = str(config.get("BACKEND", "none"))
+    # Under the alias, channels_redis.core.RedisChannelLayer is channels_runtime's: say so.
+    backend = sys.modules.get(path.rpartition(".")[0])
+    cls = getattr(backend, path.rpartition(".")[2], None)
+    module = str(getattr(cls, "__module__", ""))
+    if module.startswith("channels_runtime.") and not path.startswith("channels_runtime."):
+        return f"{path} (channels_runtime's {module}.{cls.__qualname__})"  # type: ignore[union-attr]
+    return path

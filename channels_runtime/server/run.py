@@ -17,7 +17,9 @@ single-process trio mode dies on SIGTERM without any cleanup. Here:
 
 Exit statuses: 0 after a graceful shutdown, 1 when the server failed (a worker
 crashed, lifespan startup failed, a second signal forced the stop), 2 for
-configuration and usage errors (reported before anything is started).
+configuration and usage errors, including a project that cannot run on the
+chosen worker class (reported before anything is started; see
+:mod:`channels_runtime.server.preflight`).
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from hypercorn.config import Config, Sockets
 
 from ..asgi import ASGIApp
 from .config import build_config
+from .preflight import Refused, check_channel_layers, prepare_application
 from .project import (
     INMEMORY_BACKEND,
     ProjectError,
@@ -210,11 +213,21 @@ class _Project:
     default_layer: bool
 
 
-def _load_project(spec: ServeSpec) -> _Project:
+def _load_project(spec: ServeSpec, worker_class: str) -> _Project:
+    """Import the project (with the ``channels`` alias) and check it can run on ``worker_class``.
+
+    What cannot (see :mod:`channels_runtime.server.preflight`) is a
+    :class:`ProjectError`: exit status 2, before anything is bound or started.
+    """
     target = split_target(spec.target)
-    chosen = prepare_django(target.module)
+    chosen = prepare_django(target.module, route="channels-runtime serve")
     app = import_application(target, settings_hint=chosen or settings_hint_for(target.module))
     default_layer = ensure_default_channel_layer()
+    try:
+        check_channel_layers(worker_class)
+        app = prepare_application(app, worker_class, where=str(target))
+    except Refused as exc:
+        raise ProjectError(str(exc)) from None
     return _Project(str(target), app, describe_channel_layer(), default_layer)
 
 
@@ -263,7 +276,7 @@ def run_serve(spec: ServeSpec) -> int:
     configure_logging(spec.log_level)
     config = _server_config(spec.settings)
     try:
-        project = _load_project(spec)
+        project = _load_project(spec, config.worker_class)
     except ProjectError as exc:
         logger.error("%s", exc)
         return EXIT_USAGE
@@ -314,13 +327,13 @@ def _worker_process(spec: ServeSpec, sockets: Sockets, stop_pipe: Any) -> None:
     # into an orderly stop through the pipe, so the workers ignore it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     configure_logging(spec.log_level)
+    config = _server_config(spec.settings)
     try:
-        project = _load_project(spec)
+        project = _load_project(spec, config.worker_class)
     except ProjectError as exc:
         logger.error("%s", exc)
         sys.exit(EXIT_USAGE)
     configure_logging(spec.log_level)
-    config = _server_config(spec.settings)
 
     async def parent_says_stop() -> None:
         await wait_until_readable(stop_pipe.fileno())

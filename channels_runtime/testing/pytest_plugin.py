@@ -20,6 +20,18 @@ This module is loaded by every pytest run in an environment where
 channels-runtime is installed (a ``pytest11`` entry point), so it imports
 nothing from Django until a fixture is actually used.
 
+It also installs the ``channels`` alias (:mod:`channels_runtime.alias`)
+before any ``conftest.py`` is imported, so a test suite written for Django
+Channels (a library's own) runs against channels_runtime unchanged:
+
+* by default only where Django Channels is not installed (``import channels``
+  would fail otherwise), so a suite that has Channels installed on purpose
+  keeps it;
+* with ``--channels-alias`` (or ``channels_alias = true`` in the ini file, or
+  ``CHANNELS_RUNTIME_ALIAS=1``) also where it is, shadowing it;
+* never with ``CHANNELS_RUNTIME_ALIAS=0`` (or ``CHANNELS_RUNTIME_ALIAS = False``
+  in the settings, once they are loaded).
+
 The server is a separate process, so it only sees committed data in a
 database it can open: a SQLite file or a database server, as explained in
 :mod:`channels_runtime.testing.live`. With pytest-django installed, the fixture
@@ -41,6 +53,38 @@ __all__ = [
     "channels_live_server_application",
     "channels_live_server_worker_class",
 ]
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    help_text = (
+        "make 'channels', 'channels_redis' and 'daphne' resolve to channels_runtime even "
+        "where Django Channels is installed (by default only where it is not)"
+    )
+    parser.getgroup("channels_runtime").addoption(
+        "--channels-alias", action="store_true", default=False, help=help_text
+    )
+    parser.addini("channels_alias", help_text, type="bool", default=False)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(
+    early_config: pytest.Config, parser: pytest.Parser, args: list[str]
+) -> None:
+    """Install the alias before the first ``conftest.py`` can ``import channels``."""
+    from .. import alias
+
+    take_over = bool(
+        getattr(early_config.known_args_namespace, "channels_alias", False)
+        or early_config.getini("channels_alias")
+    )
+    try:
+        alias.install(
+            route="pytest --channels-alias" if take_over else "the channels_runtime pytest plugin",
+            take_over=take_over,
+            too_late_hint="Another pytest plugin imported it first.",
+        )
+    except alias.AliasError as exc:
+        raise pytest.UsageError(str(exc)) from None
 
 
 @pytest.fixture

@@ -39,12 +39,20 @@ from django.db import connections
 from django.utils import autoreload
 from django.utils.version import get_docs_version
 
+from ... import alias
 from ...asgi import ASGIApp, Receive, Scope, Send
 from ...compat.backend import ensure_bridge
 from ...routing import get_default_application
+from ...server.preflight import Refused, check_channel_layers, prepare_application
 from ...sync import sync_to_async
 
-__all__ = ["WORKER_CLASSES", "Command", "StaticFilesApplication", "serve_on_socket"]
+__all__ = [
+    "WORKER_CLASSES",
+    "Command",
+    "StaticFilesApplication",
+    "check_project",
+    "serve_on_socket",
+]
 
 #: ``--worker-class`` choices, as Hypercorn names them.
 WORKER_CLASSES = ("asyncio", "uvloop", "trio")
@@ -252,6 +260,24 @@ def serve_on_socket(
 
 # -- the command -----------------------------------------------------------------
 
+#: Exit status when the project cannot run on the chosen worker class, as for serve.
+EXIT_REFUSED = 2
+
+
+def check_project(worker_class: str, *, route: str) -> None:
+    """The ``channels`` alias in place, and the channel layers able to run on ``worker_class``.
+
+    The alias is normally installed already (``"channels_runtime"`` in
+    ``INSTALLED_APPS``, or the ``"channels"``/``"daphne"`` entries it serves);
+    this covers the command being reached any other way. A refusal is a
+    ``CommandError`` with exit status 2, as ``channels-runtime serve`` exits.
+    """
+    try:
+        alias.install(route=route)
+        check_channel_layers(worker_class)
+    except (alias.AliasError, Refused) as exc:
+        raise CommandError(str(exc), returncode=EXIT_REFUSED) from None
+
 
 class Command(DjangoRunserverCommand):
     help = (
@@ -299,6 +325,7 @@ class Command(DjangoRunserverCommand):
             check_worker_class(options["worker_class"])
         except ImproperlyConfigured as exc:
             raise CommandError(str(exc)) from None
+        check_project(options["worker_class"], route="manage.py runserver")
         super().handle(*args, **options)
 
     def get_application(self, options: dict[str, Any]) -> ASGIApp:
@@ -307,8 +334,17 @@ class Command(DjangoRunserverCommand):
         Static files are served as by Django's runserver: when
         ``django.contrib.staticfiles`` is installed, ``--nostatic`` was not
         given, and either ``DEBUG`` is on or ``--insecure`` was given.
+
+        Django's own ``ASGIHandler`` as the whole application is served by
+        channels_runtime.http instead; what cannot run on ``--worker-class``
+        raises :class:`~channels_runtime.server.preflight.Refused`
+        (:func:`~channels_runtime.server.preflight.prepare_application`).
         """
-        application = get_default_application()
+        application = prepare_application(
+            get_default_application(),
+            options.get("worker_class", "asyncio"),
+            where=f"ASGI_APPLICATION {settings.ASGI_APPLICATION!r}",
+        )
         use_static = options.get(
             "use_static_handler", apps.is_installed("django.contrib.staticfiles")
         )
@@ -331,7 +367,13 @@ class Command(DjangoRunserverCommand):
         for conn in connections.all(initialized_only=True):
             conn.close()
 
-        application = self.get_application(options)
+        try:
+            application = self.get_application(options)
+        except Refused as exc:
+            # Under the autoreloader this is a side thread (see _bind).
+            self.stderr.write(f"Error: {exc}")
+            self.stderr.flush()
+            os._exit(EXIT_REFUSED)
         sock = self._bind()
         self._print_banner(sock.getsockname()[1], options["worker_class"])
         try:

@@ -23,7 +23,7 @@ from ... import DEFAULT_CHANNEL_LAYER
 from ...exceptions import InvalidChannelLayerError
 from ...layers import channel_layers
 from ...routing import get_default_application
-from .runserver import WORKER_CLASSES, check_worker_class
+from .runserver import WORKER_CLASSES, check_project, check_worker_class
 
 
 class Command(BaseCommand):
@@ -58,6 +58,10 @@ class Command(BaseCommand):
 
         try:
             check_worker_class(options["worker_class"])
+        except ImproperlyConfigured as exc:
+            raise CommandError(str(exc)) from None
+        check_project(options["worker_class"], route="manage.py runworker")
+        try:
             application = get_default_application()
         except ImproperlyConfigured as exc:
             raise CommandError(str(exc)) from None
