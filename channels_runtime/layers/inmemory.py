@@ -467,13 +467,39 @@ class InMemoryChannelLayer(BaseChannelLayer):
                 ch.due = max(items[ch.head], timeline[-1].due if timeline else 0.0)
                 ch.scheduled = True
                 timeline.append(ch)
-            if head != start:
-                self._drop_from_groups(ch.name)
+            for _ in range((head - start) >> 1):
+                self._remove_from_groups(ch.name)
         if self._channels_peak > _SHRINK_MIN and len(channels) * 4 < self._channels_peak:
             self._channels = dict(channels)
             self._channels_peak = len(channels)
 
-    def _drop_from_groups(self, channel: str) -> None:
+    def _clean_expired(self) -> None:
+        """Channels' expiry pass: called, as there, at the start of every ``receive``
+        and ``group_send`` (and nowhere else), so code that wraps it (a test
+        suite's lock, a counter) sees the same calls as on Channels.
+
+        The meaning is Channels' too: expired messages go, and a channel that had
+        one leaves its groups (:meth:`_remove_from_groups`). The cost is not:
+        only the channels whose turn has come on the timeline are looked at
+        (see the module docstring), so a message can outlive its expiry by as
+        long as its channel waits for its turn — it is never delivered, as the
+        receive that would take it drops it. Expired group memberships need no
+        pass: nothing reads them (the ``groups`` view and ``group_send`` skip
+        them), and they are freed as ``group_send`` and ``group_add`` meet them.
+        """
+        now = _monotonic()
+        timeline = self._timeline
+        if timeline and timeline[0].due <= now:
+            self._sweep(now)
+
+    def _remove_from_groups(self, channel: str) -> None:
+        """Take ``channel`` out of every group: a message on it expired, so
+        nobody was receiving on it (Channels' method of the same name and use).
+
+        Called once per expired message, as Channels calls it, wherever a
+        message is dropped for its age: the expiry pass, a ``receive`` that
+        meets expired messages first, a ``send`` that finds the channel full.
+        """
         groups_of = self._member_of.pop(channel, None)
         if groups_of:
             groups = self._groups
@@ -568,7 +594,8 @@ class InMemoryChannelLayer(BaseChannelLayer):
             return False
         del items[:head]
         ch.head = 0
-        self._drop_from_groups(ch.name)
+        for _ in range((head - start) >> 1):
+            self._remove_from_groups(ch.name)
         return True
 
     # -- the layer API --------------------------------------------------------
@@ -605,16 +632,14 @@ class InMemoryChannelLayer(BaseChannelLayer):
         for it puts that message back (first in line), so cancellation loses
         nothing. Returns without yielding when a message is already queued.
         """
+        self._clean_expired()
         now = _monotonic()
-        timeline = self._timeline
-        if timeline and timeline[0].due <= now:
-            self._sweep(now)
         ch = self._lookup(channel, now + self.expiry)
         items = ch.items
         head = ch.head
         end = len(items)
         if head < end:
-            expired = False
+            expired = 0
             message = None
             while head < end:
                 expires_at = items[head]
@@ -623,7 +648,7 @@ class InMemoryChannelLayer(BaseChannelLayer):
                 head += 2
                 if expires_at > now:
                     break
-                expired = True
+                expired += 1
                 message = None
             if head == end:
                 items.clear()
@@ -632,8 +657,8 @@ class InMemoryChannelLayer(BaseChannelLayer):
                 del items[:head]
                 head = 0
             ch.head = head
-            if expired:
-                self._drop_from_groups(channel)
+            for _ in range(expired):
+                self._remove_from_groups(channel)
             if message is not None:
                 return message
 
@@ -725,10 +750,8 @@ class InMemoryChannelLayer(BaseChannelLayer):
         if not isinstance(message, dict):
             raise TypeError(f"message must be a dict, not {type(message).__name__}")
         self.require_valid_group_name(group)
+        self._clean_expired()
         now = _monotonic()
-        timeline = self._timeline
-        if timeline and timeline[0].due <= now:
-            self._sweep(now)
         members = self._groups.get(group)
         if not members:
             return

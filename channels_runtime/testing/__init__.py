@@ -3,6 +3,12 @@
 See ``docs/testing.md``.
 """
 
+# As in Channels, whose testing package imports ``channels.routing``: code written
+# for it reads ``channels.routing.ProtocolTypeRouter`` after ``import channels.testing``
+# alone (django-channels-graphql-ws's conftest does), which works only if the routing
+# module was imported (see channels_runtime.alias.submodule_attribute). In a Django
+# test run this costs about 30 ms; the URL machinery it needs is mostly loaded already.
+import channels_runtime.routing  # noqa: F401
 from channels_runtime.testing.application import (
     ApplicationCommunicator,
     stop_background_communicators,

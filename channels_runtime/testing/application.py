@@ -29,6 +29,13 @@ Once the communicator has cancelled the application (a ``receive_output`` timeou
 ``send_input``, ``receive_output`` and ``receive_nothing`` calls raise the
 cancellation exception, as asgiref's do by re-raising the cancelled task's result;
 ``wait()`` returns normally.
+
+asgiref's communicator also exposes its asyncio objects, and libraries' own test
+helpers use them: ``future`` (the application's task) and ``input_queue`` /
+``output_queue`` (what the application receives from and sends to). Here they are
+:class:`ApplicationFuture` and :class:`MessageQueue`: the same methods, working on
+both backends, over the same streams the communicator's own methods use, so a
+helper may mix the two freely.
 """
 
 # The ``timeout`` parameters are Channels' public API, kept for compatibility.
@@ -51,9 +58,15 @@ from asgiref.compatibility import guarantee_single_callable
 from channels_runtime.compat.tasks import BackgroundTask, start_background_task
 from channels_runtime.db import keep_connections_open
 
+from ..compat.asgiref_shapes import InvalidStateError, QueueEmpty
 from ..compat.backend import ensure_bridge, running_on_trio
 
-__all__ = ["ApplicationCommunicator", "stop_background_communicators"]
+__all__ = [
+    "ApplicationCommunicator",
+    "ApplicationFuture",
+    "MessageQueue",
+    "stop_background_communicators",
+]
 
 Message = dict[str, Any]
 Scope = dict[str, Any]
@@ -101,6 +114,154 @@ async def stop_background_communicators() -> list[ApplicationCommunicator]:
     return live
 
 
+class MessageQueue:
+    """One direction of the conversation, shaped like the ``asyncio.Queue`` asgiref has there.
+
+    ``communicator.input_queue`` holds what the application will receive,
+    ``communicator.output_queue`` what it has sent and the test has not read yet.
+    Both ends are open to the test, as on asgiref's queues: ``put`` on the input
+    queue is ``send_input`` without its checks, ``get`` on the output queue is
+    ``receive_output`` without its timeout. Unbounded, like asgiref's.
+
+    One difference, on the output queue only: once the application has ended, it
+    takes no more messages (``put`` raises :exc:`RuntimeError`); what it had sent
+    can still be read, and ``get`` then waits forever, as on an empty
+    ``asyncio.Queue``.
+    """
+
+    __slots__ = ("_name", "_receive", "_send")
+
+    def __init__(
+        self,
+        send: MemoryObjectSendStream[Message],
+        receive: MemoryObjectReceiveStream[Message],
+        name: str,
+    ) -> None:
+        self._send = send
+        self._receive = receive
+        self._name = name
+
+    def __repr__(self) -> str:
+        return f"<MessageQueue {self._name} qsize={self.qsize()}>"
+
+    @property
+    def maxsize(self) -> int:
+        """0, as for an unbounded ``asyncio.Queue``."""
+        return 0
+
+    def qsize(self) -> int:
+        """How many messages are waiting to be taken."""
+        return self._receive.statistics().current_buffer_used
+
+    def empty(self) -> bool:
+        return self.qsize() == 0
+
+    def full(self) -> bool:
+        """Always False: the queue is unbounded."""
+        return False
+
+    async def get(self) -> Message:
+        """Take the oldest message, waiting for one to arrive."""
+        try:
+            return await self._receive.receive()
+        except anyio.EndOfStream:
+            # The application has ended and everything it sent was read: nothing
+            # will ever arrive, which on asgiref's queue is a get() that never returns.
+            await anyio.sleep_forever()
+            raise AssertionError("unreachable") from None
+
+    def get_nowait(self) -> Message:
+        """Take the oldest message; raise ``asyncio.QueueEmpty`` if there is none."""
+        try:
+            return self._receive.receive_nowait()
+        except (anyio.WouldBlock, anyio.EndOfStream):
+            raise QueueEmpty from None
+
+    async def put(self, message: Message) -> None:
+        """Add ``message`` at the end (never waits: the queue is unbounded)."""
+        self.put_nowait(message)
+
+    def put_nowait(self, message: Message) -> None:
+        """Add ``message`` at the end."""
+        try:
+            self._send.send_nowait(message)
+        except anyio.ClosedResourceError:
+            raise RuntimeError(
+                f"{self!r}: the application has ended; its output takes no more messages"
+            ) from None
+
+
+class ApplicationFuture:
+    """The application's run, shaped like the ``asyncio.Task`` asgiref keeps in ``future``.
+
+    ``done()``, ``cancelled()``, ``result()``, ``exception()`` and ``cancel()`` mean
+    what they mean on a task, and awaiting it waits for the application and returns
+    (or raises) its result. ``result()`` and ``exception()`` raise
+    ``asyncio.InvalidStateError`` while it runs and the cancellation exception once
+    it was cancelled, as a task's do. Reading the exception through either counts
+    as reporting it: leaving the communicator's ``async with`` block will not raise
+    it a second time.
+    """
+
+    __slots__ = ("_communicator",)
+
+    def __init__(self, communicator: ApplicationCommunicator) -> None:
+        self._communicator = communicator
+
+    def __repr__(self) -> str:
+        state = "cancelled" if self.cancelled() else "finished" if self.done() else "pending"
+        return f"<ApplicationFuture {state} of {self._communicator!r}>"
+
+    def done(self) -> bool:
+        """Whether the application has ended, however it ended."""
+        return self._communicator._is_finished()
+
+    def cancelled(self) -> bool:
+        """Whether the application ended by being cancelled."""
+        return self._communicator._cancelled_by() is not None
+
+    def cancel(self, msg: object = None) -> bool:
+        """Cancel the application; False if it has already ended.
+
+        As on a task, the cancellation takes effect at the application's next
+        checkpoint; await the future (or ``wait()``) to let it unwind.
+        """
+        if self.done():
+            return False
+        self._communicator._cancel()
+        return True
+
+    def result(self) -> Any:
+        """The application's return value; raises what it raised, or the cancellation."""
+        communicator = self._communicator
+        if not self.done():
+            raise InvalidStateError("Result is not set.")
+        communicator._raise_if_failed()
+        ending = communicator._cancelled_by()
+        if ending is not None:
+            communicator._raise_cancellation(ending)
+        return communicator._result
+
+    def exception(self) -> BaseException | None:
+        """What the application raised (None if it returned); raises if it was cancelled."""
+        communicator = self._communicator
+        if not self.done():
+            raise InvalidStateError("Exception is not set.")
+        ending = communicator._cancelled_by()
+        if ending is not None:
+            communicator._raise_cancellation(ending)
+        if communicator._exception is not None:
+            communicator._exception_reported = True
+        return communicator._exception
+
+    def __await__(self) -> Any:
+        return self._wait().__await__()
+
+    async def _wait(self) -> Any:
+        await self._communicator._join()
+        return self.result()
+
+
 class ApplicationCommunicator:
     """Runs one ASGI application instance and exchanges messages with it.
 
@@ -140,6 +301,12 @@ class ApplicationCommunicator:
         self._exception: BaseException | None = None
         self._traceback: TracebackType | None = None
         self._exception_reported = False
+        #: What the application returned (ASGI applications return None, but
+        #: ``future.result()`` gives whatever it was, as asgiref's does).
+        self._result: Any = None
+        self._future: ApplicationFuture | None = None
+        self._input_queue: MessageQueue | None = None
+        self._output_queue: MessageQueue | None = None
         #: What ended the application when our own cancel scope stopped it (see
         #: _raise_if_cancelled); None while it runs or if it ended any other way.
         self._cancellation: BaseException | None = None
@@ -233,7 +400,7 @@ class ApplicationCommunicator:
             # while the application runs: closing them would end the test transaction.
             with keep_connections_open(), self._cancel_scope:
                 try:
-                    await self.application(self.scope, self._receive, self._send)
+                    self._result = await self.application(self.scope, self._receive, self._send)
                 except BaseException as exc:
                     ending = exc
                     raise
@@ -319,8 +486,23 @@ class ApplicationCommunicator:
             # up frames; the application's own frames stay at the bottom of it.
             raise exc.with_traceback(self._traceback)
 
-    def _raise_if_cancelled(self) -> None:
-        """Raise the cancellation exception if the communicator cancelled the application.
+    def _cancelled_by(self) -> BaseException | None:
+        """The cancellation that ended the application, if one did.
+
+        Ours (recorded by _run_application), or, for a detached application, one
+        from outside: event loop shutdown, which the background task records.
+        """
+        if self._cancellation is not None:
+            return self._cancellation
+        background = self._background
+        if background is not None and background.done:
+            ending = background.exception
+            if isinstance(ending, anyio.get_cancelled_exc_class()):
+                return ending
+        return None
+
+    def _raise_cancellation(self, ending: BaseException) -> None:
+        """Raise the cancellation exception that reports ``ending``.
 
         asgiref's communicator raises ``CancelledError`` here (the result of the
         cancelled task), and tests written for Channels expect it. On asyncio a
@@ -329,20 +511,58 @@ class ApplicationCommunicator:
         cannot be constructed, so there the one that ended the application is
         raised again.
         """
-        self._raise_if_failed()
-        ending = self._cancellation
-        if ending is None:
-            return
         if running_on_trio():
             # With the traceback as captured, so that raising it again and again
             # does not pile up frames (as in _raise_if_failed).
-            raise ending.with_traceback(self._cancellation_traceback)
+            captured = (
+                self._cancellation_traceback
+                if ending is self._cancellation
+                else ending.__traceback__
+            )
+            raise ending.with_traceback(captured)
         raise anyio.get_cancelled_exc_class()(
             f"{self!r}: the application was cancelled by this communicator "
             "and takes no more messages"
         )
 
+    def _raise_if_cancelled(self) -> None:
+        """Raise the cancellation exception if the communicator cancelled the application."""
+        self._raise_if_failed()
+        ending = self._cancellation
+        if ending is not None:
+            self._raise_cancellation(ending)
+
     # ----- the Channels / asgiref interface ------------------------------------------
+
+    @property
+    def future(self) -> ApplicationFuture:
+        """The application's run, as asgiref's ``future`` (starting it, as there).
+
+        See :class:`ApplicationFuture`.
+        """
+        self._ensure_started()
+        future = self._future
+        if future is None:
+            future = self._future = ApplicationFuture(self)
+        return future
+
+    @property
+    def input_queue(self) -> MessageQueue:
+        """The messages the application has yet to receive (asgiref's ``input_queue``)."""
+        queue = self._input_queue
+        if queue is None:
+            queue = self._input_queue = MessageQueue(self._input_send, self._input_receive, "input")
+        return queue
+
+    @property
+    def output_queue(self) -> MessageQueue:
+        """What the application sent and the test has not read (asgiref's ``output_queue``)."""
+        queue = self._output_queue
+        if queue is None:
+            queue = self._output_queue = MessageQueue(
+                self._output_send, self._output_receive, "output"
+            )
+        return queue
 
     async def send_input(self, message: Message) -> None:
         """Send one message to the application (starting it if needed).
