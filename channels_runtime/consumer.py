@@ -15,6 +15,7 @@ import anyio
 
 from . import DEFAULT_CHANNEL_LAYER
 from .asgi import Message, Receive, Scope, Send
+from .compat.asyncio_on_trio import raise_if_asyncio_on_trio
 from .compat.backend import ensure_bridge
 from .db import _open_wrappers as _db_connections
 from .db import aclose_old_connections, close_pass_due, database_sync_to_async
@@ -82,6 +83,10 @@ class AsyncConsumer:
             await dispatch_serially(sources, self.dispatch)
         except StopConsumer:
             pass
+        except (RuntimeError, TypeError, AttributeError) as exc:
+            # On trio, a library's asyncio call fails obscurely: name it, and the fix.
+            raise_if_asyncio_on_trio(exc)
+            raise
 
     async def dispatch(self, message: Message) -> None:
         """Call the handler for ``message``'s type, or raise ``ValueError`` naming the type.
