@@ -28,7 +28,14 @@ from pathlib import Path
 
 import httpx
 import pytest
-from e2e_app.harness import REPO, Server, base_env, cli_command, hypercorn_command
+from e2e_app.harness import (
+    REPO,
+    Server,
+    base_env,
+    cli_command,
+    hypercorn_command,
+    wait_until,
+)
 from redis_server import RedisServer, redis_call
 from websockets.sync.client import ClientConnection, connect
 
@@ -173,7 +180,109 @@ def test_manage_py_migrate_and_check(tmp_path: Path) -> None:
     assert "--worker-class" in done.stdout, done.stdout + done.stderr
 
 
-@pytest.mark.parametrize("worker_class", ["asyncio", "trio"])
+def test_runserver_serves_the_unmodified_project_on_trio(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    """``"daphne"`` in INSTALLED_APPS: Django runs channels_runtime's runserver."""
+    prefix = "runserver-trio"
+    server = Server(
+        [sys.executable, "manage.py", "runserver", "--noreload", "-k", "trio", "127.0.0.1:0"],
+        log_path=tmp_path / "runserver.log",
+        env=project_env(
+            CHAT_REDIS_URL=redis.url,
+            CHAT_LAYER_PREFIX=prefix,
+            CHAT_DATABASE=str(tmp_path / "db.sqlite3"),
+        ),
+        cwd=PROJECT,
+    )
+    try:
+        server.start(health_path="/chat/")
+        assert "Starting ASGI/Hypercorn development server (trio)" in server.log()
+        assert httpx.get(server.url + "/chat/", timeout=TIMEOUT).text == INDEX_TEXT
+        chat_round_trip(server, "dev", redis, prefix)
+        server.signal(signal.SIGTERM)
+        assert server.wait(15) == 0, server.log()
+        check_alias_line(server.log(), "'channels_runtime' in INSTALLED_APPS")
+        assert SUBSTITUTION_LINE in server.log()
+    finally:
+        server.close()
+
+
+WORKER_SETTINGS = """import os
+SECRET_KEY = "worker"
+INSTALLED_APPS = ["channels"]
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {"hosts": [os.environ["CHAT_REDIS_URL"]], "prefix": "worker"},
+    }
+}
+"""
+
+WORKER_APP = """import os
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "tasks.settings")
+from pathlib import Path
+
+from channels.consumer import SyncConsumer
+from channels.routing import ChannelNameRouter, ProtocolTypeRouter
+
+
+class Thumbnails(SyncConsumer):
+    def make_thumbnail(self, message):
+        Path(os.environ["WORKER_OUT"]).write_text(message["image"])
+
+
+application = ProtocolTypeRouter({"channel": ChannelNameRouter({"thumbs": Thumbnails.as_asgi()})})
+"""
+
+
+def test_channels_runtime_worker_runs_a_channels_style_consumer_on_trio(
+    tmp_path: Path, redis: RedisServer
+) -> None:
+    import anyio
+
+    from channels_runtime.layers.redis import RedisChannelLayer
+
+    package = tmp_path / "tasks"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "settings.py").write_text(WORKER_SETTINGS)
+    (package / "asgi.py").write_text(WORKER_APP)
+    out = tmp_path / "thumbnail.txt"
+    worker = Server(
+        [
+            *cli_command(),
+            "worker",
+            "thumbs",
+            "--application",
+            "tasks.asgi.application",
+            "-k",
+            "trio",
+        ],
+        log_path=tmp_path / "worker.log",
+        env=project_env(CHAT_REDIS_URL=redis.url, WORKER_OUT=str(out)),
+        cwd=tmp_path,
+    )
+    try:
+        worker.wait_for_log("Worker running for channel thumbs")
+        assert "channels_runtime.layers.redis.core.RedisChannelLayer" in worker.log()
+
+        async def send() -> None:
+            layer = RedisChannelLayer(hosts=[redis.url], prefix="worker")
+            await layer.send("thumbs", {"type": "make.thumbnail", "image": "cat.png"})
+            await layer.close()
+
+        anyio.run(send)
+        wait_until(out.exists, message=f"no thumbnail made:\n{worker.log()}")
+        assert out.read_text() == "cat.png"
+        worker.signal(signal.SIGTERM)
+        assert worker.wait(15) == 0, worker.log()
+        check_alias_line(worker.log(), "channels-runtime")
+    finally:
+        worker.close()
+
+
+@pytest.mark.parametrize("worker_class", WORKER_CLASSES)
 def test_plain_hypercorn_with_the_documented_line(
     worker_class: str, tmp_path: Path, redis: RedisServer
 ) -> None:

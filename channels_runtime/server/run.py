@@ -58,7 +58,7 @@ from .project import (
 from .serve import ServeResult, bind_sockets, close_sockets, serve_until, socket_urls
 from .signals import SHUTDOWN_SIGNALS, signal_name, wait_until_readable
 
-__all__ = ["ServeSpec", "anyio_backend", "configure_logging", "run_serve"]
+__all__ = ["ServeSpec", "anyio_backend", "configure_logging", "run_serve", "show_runtime_logs"]
 
 logger = logging.getLogger("channels_runtime.server")
 
@@ -177,6 +177,21 @@ def configure_logging(level: str) -> None:
     error_logger = logging.getLogger("hypercorn.error")
     if not any(isinstance(f, _HideHypercornBanner) for f in error_logger.filters):
         error_logger.addFilter(_HideHypercornBanner())
+
+
+def show_runtime_logs(level: str) -> None:
+    """Print channels_runtime's own log lines at ``level`` on stderr, where nothing else does.
+
+    For ``manage.py runserver``, which leaves Hypercorn's logging to Hypercorn:
+    the lines that say what the runtime did for the project (Django's
+    ``ASGIHandler`` served by channels_runtime.http, a route not found) are
+    shown, once each, as under ``serve``.
+    """
+    named = logging.getLogger("channels_runtime")
+    named.disabled = False
+    named.setLevel(level.upper())
+    if not any(isinstance(h, _FallbackHandler) for h in named.handlers):
+        named.addHandler(_FallbackHandler())
 
 
 def _server_config(settings: dict[str, Any]) -> Config:

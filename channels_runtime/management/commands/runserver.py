@@ -44,6 +44,7 @@ from ...asgi import ASGIApp, Receive, Scope, Send
 from ...compat.backend import ensure_bridge
 from ...routing import get_default_application
 from ...server.preflight import Refused, check_channel_layers, prepare_application
+from ...server.run import show_runtime_logs
 from ...sync import sync_to_async
 
 __all__ = [
@@ -367,6 +368,7 @@ class Command(DjangoRunserverCommand):
         for conn in connections.all(initialized_only=True):
             conn.close()
 
+        show_runtime_logs("info")
         try:
             application = self.get_application(options)
         except Refused as exc:
