@@ -1,0 +1,1 @@
+"""Projects that use libraries built on Django Channels (see README.md)."""

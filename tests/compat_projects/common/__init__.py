@@ -1,0 +1,1 @@
+"""What every compat project shares: the health page and the ``prepare_compat`` command."""

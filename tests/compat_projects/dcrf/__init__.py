@@ -1,0 +1,1 @@
+"""A djangochannelsrestframework project: notes over a WebSocket API."""
