@@ -299,20 +299,26 @@ class _Finder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         if chosen is False:
             return False
         if self.take_over or chosen is True:
-            self._announce()
             return True
         return not _elsewhere(root, self)
 
     def _announce(self) -> None:
-        """Log, once per process, which installed distributions the alias shadows."""
+        """Log, once per process, which installed distributions the alias shadows.
+
+        Called when the first stand-in package is loaded, not while finding it:
+        ``find_spec`` runs under the interpreter's global import lock, where a
+        logging handler that imports something could deadlock with another thread.
+        """
         with self._lock:
             if self._announced:
                 return
             self._announced = True
+        taking_over = self.take_over or switch() is True
+        # Falling back, the alias only answers where nothing else would: it shadows nothing.
         shadowed = [
             f"{distribution} {_version(distribution)}"
             for root, distribution in DISTRIBUTIONS.items()
-            if _elsewhere(root, self)
+            if taking_over and _elsewhere(root, self)
         ]
         route = self.route or f"{ENV_VAR}=1"
         if shadowed:
@@ -333,6 +339,8 @@ class _Finder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
     # -- loading ----------------------------------------------------------------
 
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType:
+        if spec.name in DISTRIBUTIONS:
+            self._announce()
         target_name = MODULES[spec.name]
         try:
             target = importlib.import_module(target_name)
