@@ -18,7 +18,8 @@
 
 This module is loaded by every pytest run in an environment where
 channels-runtime is installed (a ``pytest11`` entry point), so it imports
-nothing from Django until a fixture is actually used.
+nothing from Django until a fixture is actually used, apart from the
+exception class of the alias below.
 
 It also installs the ``channels`` alias (:mod:`channels_runtime.alias`)
 before any ``conftest.py`` is imported, so a test suite written for Django
