@@ -1,0 +1,1 @@
+"""A channels-auth-token-middlewares project: who am I, by DRF token."""
