@@ -49,8 +49,14 @@ def prepare(project: str, database: Path) -> None:
     assert "prepared" in done.stdout, done.stdout + done.stderr
 
 
-def serve(project: str, worker_class: str, tmp_path: Path, database: Path) -> Server:
-    """``channels-runtime serve`` of the project, started (answering ``/health/``)."""
+def serve(
+    project: str,
+    worker_class: str,
+    tmp_path: Path,
+    database: Path,
+    health_path: str = "/health/",
+) -> Server:
+    """``channels-runtime serve`` of the project, started (answering ``health_path``)."""
     server = Server(
         [
             *cli_command(),
@@ -67,7 +73,7 @@ def serve(project: str, worker_class: str, tmp_path: Path, database: Path) -> Se
         env=project_env(database),
     )
     try:
-        server.start()
+        server.start(health_path=health_path)
     except BaseException:
         server.close()
         raise
