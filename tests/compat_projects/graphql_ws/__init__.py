@@ -1,0 +1,1 @@
+"""A django-channels-graphql-ws project: a graphene subscription fed by a mutation."""
