@@ -27,12 +27,12 @@ from django.contrib.auth import (
     user_logged_out,
 )
 from django.core.exceptions import ImproperlyConfigured
-from django.dispatch import Signal
 from django.utils.crypto import constant_time_compare
 from django.utils.functional import LazyObject, empty
 
 from .asgi import ASGIApp, Receive, Scope, Send
 from .compat.backend import ensure_bridge
+from .compat.django_versions import send_signal
 from .middleware import BaseMiddleware
 from .sessions import CookieMiddleware, SessionMiddleware, run_session_method
 
@@ -76,15 +76,6 @@ async def _backend_get_user(backend: Any, user_id: Any) -> Any:
     from .db import database_sync_to_async
 
     return await database_sync_to_async(backend.get_user)(user_id)
-
-
-async def _send_signal(signal: Signal, **named: Any) -> None:
-    if hasattr(signal, "asend"):
-        await signal.asend(**named)
-        return
-    from .sync import sync_to_async
-
-    await sync_to_async(signal.send)(**named)
 
 
 async def get_user(scope: Scope) -> Any:
@@ -201,7 +192,7 @@ async def login(scope: Scope, user: Any, backend: str | None = None) -> None:
     await _session_set(session, BACKEND_SESSION_KEY, backend_path)
     await _session_set(session, HASH_SESSION_KEY, session_auth_hash)
     scope["user"] = user
-    await _send_signal(user_logged_in, sender=user.__class__, request=None, user=user)
+    await send_signal(user_logged_in, sender=user.__class__, request=None, user=user)
 
 
 async def logout(scope: Scope) -> None:
@@ -219,7 +210,7 @@ async def logout(scope: Scope) -> None:
     if user is not None and not getattr(user, "is_authenticated", True):
         user = None
     if user is not None:
-        await _send_signal(user_logged_out, sender=user.__class__, request=None, user=user)
+        await send_signal(user_logged_out, sender=user.__class__, request=None, user=user)
     await run_session_method(session, "flush")
     if "user" in scope:
         scope["user"] = AnonymousUser()

@@ -77,7 +77,7 @@ import sys
 import tempfile
 import threading
 import weakref
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import aclosing
 from typing import IO, Any, Final, cast
@@ -103,23 +103,8 @@ from django.urls import URLPattern, URLResolver, get_resolver, set_script_prefix
 
 from .asgi import Message, Receive, Scope, Send
 from .compat.backend import ensure_bridge, running_on_trio
+from .compat.django_versions import get_script_prefix, send_signal
 from .sync import SyncToAsync, ThreadSensitiveContext, async_to_sync, sync_to_async
-
-try:
-    from django.core.handlers.asgi import get_script_prefix
-except ImportError:  # Django < 5.0 has it only as a method of ASGIHandler.
-
-    def get_script_prefix(scope: Mapping[str, Any]) -> str:
-        """The script prefix for ``scope``: ``FORCE_SCRIPT_NAME``, else the ASGI ``root_path``.
-
-        What Django 5's ``django.core.handlers.asgi.get_script_prefix`` returns;
-        Django 4.2, which pyproject supports, only has it as
-        ``ASGIHandler.get_script_prefix``, so without this the module would not import.
-        """
-        if settings.FORCE_SCRIPT_NAME:
-            return str(settings.FORCE_SCRIPT_NAME)
-        return scope.get("root_path", "") or ""
-
 
 __all__ = [
     "DEFAULT_HTTP_THREADS",
@@ -718,7 +703,7 @@ class HttpApplication:
         )
         async with context:
             set_script_prefix(get_script_prefix(scope))
-            await signals.request_started.asend(sender=DjangoHandler, scope=scope)
+            await send_signal(signals.request_started, sender=DjangoHandler, scope=scope)
             response: HttpResponseBase | None = None
             try:
                 async with anyio.create_task_group() as tg:
@@ -740,7 +725,7 @@ class HttpApplication:
                 # way the request is over, and Django must hear of it.
                 with anyio.CancelScope(shield=True):
                     if response is None:
-                        await signals.request_finished.asend(sender=DjangoHandler)
+                        await send_signal(signals.request_finished, sender=DjangoHandler)
                     else:
                         await sync_to_async(response.close)()
         if failure is not None:

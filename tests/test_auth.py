@@ -11,7 +11,7 @@ from django.contrib.auth import (
     BACKEND_SESSION_KEY,
     HASH_SESSION_KEY,
     SESSION_KEY,
-    aauthenticate,
+    authenticate,
     user_logged_in,
     user_logged_out,
 )
@@ -19,6 +19,7 @@ from django.contrib.auth.models import AnonymousUser, User
 from django.contrib.sessions.backends.db import SessionStore
 from django.contrib.sessions.models import Session
 from django.test import override_settings
+from older_django import create_user, save_session, session_get
 from sqlite_file import sqlite_file_database
 
 from channels_runtime.asgi import Message, Scope
@@ -31,6 +32,8 @@ from channels_runtime.auth import (
     logout,
 )
 from channels_runtime.compat.backend import ensure_bridge
+from channels_runtime.compat.django_versions import ASYNC_SIGNALS
+from channels_runtime.db import database_sync_to_async
 from channels_runtime.generic.websocket import AsyncWebsocketConsumer
 from channels_runtime.sessions import CookieMiddleware
 from channels_runtime.testing import WebsocketCommunicator
@@ -70,13 +73,18 @@ def signals() -> Iterator[list[tuple[str, Any]]]:
     async def on_logout(sender: Any, request: Any, user: Any, **kwargs: Any) -> None:
         calls.append(("out", user))
 
+    def on_logout_sync(sender: Any, request: Any, user: Any, **kwargs: Any) -> None:
+        calls.append(("out", user))
+
+    # Async receivers are Django 5.0+; on 4.2 the sync one.
+    logout_receiver = on_logout if ASYNC_SIGNALS else on_logout_sync
     user_logged_in.connect(on_login)
-    user_logged_out.connect(on_logout)
+    user_logged_out.connect(logout_receiver)
     try:
         yield calls
     finally:
         user_logged_in.disconnect(on_login)
-        user_logged_out.disconnect(on_logout)
+        user_logged_out.disconnect(logout_receiver)
 
 
 # -- helpers -------------------------------------------------------------------
@@ -84,16 +92,20 @@ def signals() -> Iterator[list[tuple[str, Any]]]:
 
 async def make_user(username: str = "alice", password: str = "secret") -> User:
     ensure_bridge()
-    return await User.objects.acreate_user(username=username, password=password)
+    return await create_user(username, password)  # not acreate_user: Django 4.2 runs this too
 
 
 async def logged_in_session(user: User) -> SessionStore:
     """A saved session recording ``user``'s login, written the way Django's login does."""
     session = SessionStore()
-    await session.aset(SESSION_KEY, str(user.pk))
-    await session.aset(BACKEND_SESSION_KEY, MODEL_BACKEND)
-    await session.aset(HASH_SESSION_KEY, user.get_session_auth_hash())
-    await session.asave()
+    await save_session(
+        session,
+        **{
+            SESSION_KEY: str(user.pk),
+            BACKEND_SESSION_KEY: MODEL_BACKEND,
+            HASH_SESSION_KEY: user.get_session_auth_hash(),
+        },
+    )
     return session
 
 
@@ -145,7 +157,7 @@ async def test_session_hash_from_fallback_secret_is_renewed() -> None:
         assert await get_user(scope) == user
         renewed = scope["session"]
         assert renewed.session_key != session.session_key
-        assert await renewed.aget(HASH_SESSION_KEY) == user.get_session_auth_hash()
+        assert await session_get(renewed, HASH_SESSION_KEY) == user.get_session_auth_hash()
 
 
 # -- login / logout --------------------------------------------------------------
@@ -156,17 +168,16 @@ async def test_login_cycles_key_and_keeps_anonymous_data(signals: list[tuple[str
     user = await make_user()
     user.backend = MODEL_BACKEND
     session = SessionStore()
-    await session.aset("cart", [1, 2])
-    await session.asave()
+    await save_session(session, cart=[1, 2])
     old_key = session.session_key
 
     scope: dict[str, Any] = {"session": reopen(session), "user": AnonymousUser()}
     await login(scope, user)
     assert scope["user"] is user
     assert scope["session"].session_key != old_key
-    assert await scope["session"].aget("cart") == [1, 2]
-    assert await scope["session"].aget(SESSION_KEY) == str(user.pk)
-    assert await scope["session"].aget(BACKEND_SESSION_KEY) == MODEL_BACKEND
+    assert await session_get(scope["session"], "cart") == [1, 2]
+    assert await session_get(scope["session"], SESSION_KEY) == str(user.pk)
+    assert await session_get(scope["session"], BACKEND_SESSION_KEY) == MODEL_BACKEND
     assert signals == [("in", user)]
 
 
@@ -175,12 +186,11 @@ async def test_login_over_another_users_session_starts_afresh() -> None:
     alice = await make_user("alice")
     bob = await make_user("bob")
     session = await logged_in_session(alice)
-    await session.aset("alice_only", True)
-    await session.asave()
+    await save_session(session, alice_only=True)
 
     scope: dict[str, Any] = {"session": reopen(session)}
     await login(scope, bob, backend=MODEL_BACKEND)
-    assert await scope["session"].aget("alice_only") is None
+    assert await session_get(scope["session"], "alice_only") is None
     assert await get_user(scope) == bob
 
 
@@ -223,12 +233,12 @@ class LoginConsumer(AsyncWebsocketConsumer):
         assert text_data is not None
         command, *args = text_data.split()
         if command == "login":
-            user = await aauthenticate(username=args[0], password=args[1])
+            user = await database_sync_to_async(authenticate)(username=args[0], password=args[1])
             await login(self.scope, user)
         else:
             await logout(self.scope)
         # A WebSocket has no response to save the session on: save it here.
-        await self.scope["session"].asave()
+        await save_session(self.scope["session"])
         user_name = self.scope["user"].get_username() or "anonymous"
         await self.send(text_data=f"{user_name} {self.scope['session'].session_key}")
 

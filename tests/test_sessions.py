@@ -12,6 +12,7 @@ from django.contrib.sessions.backends.db import SessionStore
 from django.contrib.sessions.models import Session
 from django.core.exceptions import SuspiciousOperation
 from django.test import override_settings
+from older_django import save_session
 from sqlite_file import sqlite_file_database
 
 from channels_runtime import sessions
@@ -97,9 +98,7 @@ def header(message: Message, wanted: bytes) -> list[bytes]:
 async def stored_session(**data: Any) -> str:
     """Save a session holding ``data`` straight through Django; return its key."""
     store = SessionStore()
-    for key, value in data.items():
-        await store.aset(key, value)
-    await store.asave()
+    await save_session(store, **data)
     assert store.session_key is not None
     return store.session_key
 
