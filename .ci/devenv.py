@@ -127,7 +127,8 @@ def ensure_venv(extras: tuple[str, ...]) -> Path:
     if not missing:
         return venv
     spec = f"{ROOT}[{','.join(extras)}]"
-    say(f"installing channels-runtime[{','.join(extras)}] {' '.join(require)} into {venv}")
+    wanted = " ".join([f"channels-runtime[{','.join(extras)}]", *require])
+    say(f"installing {wanted} into {venv}")
     for line in missing[:10]:
         say(f"  needed: {line}")
     command = [str(venv_python(venv)), "-m", "pip", "install", "--quiet", "-e", spec, *require]
