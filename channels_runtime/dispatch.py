@@ -22,11 +22,9 @@ takes the next one, as Channels' dispatch loop does (it awaits
 event, sending on a stream, releasing a lock) runs before the next message is
 handled, even when messages are already queued. Code written for Channels
 relies on this; without it a burst of queued messages would be handled back to
-back, ahead of the tasks the first of them woke. On asyncio one checkpoint
-does it, because the loop runs ready callbacks in order; trio runs each batch
-of ready tasks in a random order (to flush out such reliance), so there the
-consumer yields twice, which puts every task woken before the first yield
-ahead of it.
+back, ahead of the tasks the first of them woke. The yield is each loop's
+cheapest (:mod:`channels_runtime.compat.yield_point`: one bare yield on
+asyncio, two on trio, whose scheduler orders ready tasks at random).
 """
 
 from __future__ import annotations
@@ -35,10 +33,9 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 
 import anyio
-import anyio.lowlevel
 
 from .asgi import Message, Receive
-from .compat.backend import running_on_trio
+from .compat.yield_point import message_yield
 
 Dispatch = Callable[[Message], Awaitable[None]]
 
@@ -94,16 +91,13 @@ async def dispatch_serially(sources: Sequence[Receive], dispatch: Dispatch) -> N
     Returns only by raising: whatever ``dispatch`` or a source raises ends the
     loop and is re-raised unchanged, after every pump has stopped.
     """
-    checkpoint = anyio.lowlevel.checkpoint
-    twice = running_on_trio()  # see the module docstring
+    yield_to_woken = message_yield()  # see the module docstring
     if len(sources) == 1:
         # One source needs no task and no lock: receive and handle in turn.
         receive = sources[0]
         while True:
             await dispatch(await receive())
-            await checkpoint()
-            if twice:
-                await checkpoint()
+            await yield_to_woken()
 
     turn = Turn()
     failure: Exception | None = None
@@ -122,9 +116,7 @@ async def dispatch_serially(sources: Sequence[Receive], dispatch: Dispatch) -> N
                     await dispatch(message)
                     # Yield with the turn still held, so the tasks the handler woke
                     # run before another pump's message, not only this pump's next.
-                    await checkpoint()
-                    if twice:
-                        await checkpoint()
+                    await yield_to_woken()
                 finally:
                     turn.release()
         except Exception as exc:
