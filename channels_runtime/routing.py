@@ -165,6 +165,18 @@ async def refuse_unrouted(scope: Scope, receive: Receive, send: Send) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+async def finish_close(scope: Scope, receive: Receive, send: Send) -> None:
+    """Wait, discarding frames, for the client's answer to a close the application sent.
+
+    Returning at once would let the server drop the socket while the client is
+    still sending: the unread data makes the kernel reset the connection, and
+    the client may never see the close code it was sent.
+    """
+    if scope.get("type") == "websocket":
+        while (await receive()).get("type") != "websocket.disconnect":
+            pass
+
+
 class ProtocolTypeRouter:
     """Send each connection to the application mapped to its ``scope["type"]``.
 
@@ -181,7 +193,7 @@ class ProtocolTypeRouter:
     For the same reason a :class:`~channels_runtime.exceptions.ClientInputRefused`
     (the ``ValueError`` a JSON consumer raises, as Channels' does, after closing
     the connection over a client's bad frame and logging one warning) ends the
-    connection here without a server traceback.
+    connection here without a server traceback (:func:`finish_close`).
     The mapped application's return value is returned, as in Channels.
 
     Django's own ``ASGIHandler`` as the ``"http"`` application (the Channels
@@ -221,13 +233,14 @@ class ProtocolTypeRouter:
                 # sent to the client yet and refusing it now is still possible.
                 if scope_type not in _REFUSED_TYPES:
                     raise
+                answer = refuse_unrouted
             except ClientInputRefused:
                 # A consumer closed the connection over the client's input and logged
                 # it (e.g. a binary frame to a JSON consumer); a traceback would repeat it.
-                return None
-            # Refused outside the ``except`` block, so the exception is not kept
+                answer = finish_close
+            # Answered outside the ``except`` block, so the exception is not kept
             # alive (and chained) while waiting on the client.
-            await refuse_unrouted(scope, receive, send)
+            await answer(scope, receive, send)
         elif scope_type == "lifespan":
             await self._lifespan(receive, send)
         else:
