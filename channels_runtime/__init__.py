@@ -1,7 +1,10 @@
 """The Django Channels programming model on anyio.
 
-A Channels 4.2 project ports by renaming ``channels`` to ``channels_runtime``
-in its imports and settings; it then runs unchanged on asyncio or trio.
+A Channels 4.2 project runs unmodified: with ``"channels_runtime"`` added to
+``INSTALLED_APPS`` and ``channels-runtime serve`` as the command, ``import
+channels`` (and ``channels_redis``) give channels_runtime's own modules (see
+:mod:`channels_runtime.alias`), on asyncio, uvloop or trio. Renaming the
+imports to ``channels_runtime`` works too.
 """
 
 from channels_runtime.compat.bridge_hooks import install_hooks as _install_bridge_hooks

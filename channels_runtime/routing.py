@@ -360,6 +360,10 @@ def _prepare(routes: Iterable[object]) -> tuple[_Route, ...]:
                 f"URLRouter route {_describe(route)} points at the consumer class "
                 f"{callback.__qualname__}; route to {callback.__qualname__}.as_asgi() instead"
             )
+        # Django's own handler as a catch-all route (strawberry's guide maps
+        # re_path("^", get_asgi_application())) is served by channels_runtime.http,
+        # as under ProtocolTypeRouter; route.callback stays the user's object.
+        callback = substitute_django_handler(callback) or callback
         is_prefix, router = _nested_router(callback)
         pattern = _prefix_pattern(route) if is_prefix else route.pattern
         # Compile now (Django caches the compiled regex on the pattern), so the

@@ -539,11 +539,10 @@ async def test_check_http_application(app: HttpApplication, anyio_backend: Backe
 
 
 @pytest.mark.anyio
-async def test_djangos_asgi_handler_still_works_on_asyncio(
+async def test_djangos_asgi_handler_in_a_router_is_served_on_every_backend(
     urls: None, anyio_backend: Backend
 ) -> None:
-    if backend_name(anyio_backend) == "trio":
-        pytest.skip("Django's ASGIHandler is asyncio-only (see test_check_http_application)")
+    # Served by channels_runtime.http (ProtocolTypeRouter substitutes it), trio included.
     router = ProtocolTypeRouter({"http": ASGIHandler()})  # type: ignore[dict-item]
     response = await HttpCommunicator(router, "GET", "/hello/").get_response()
     assert (response["status"], response["body"]) == (200, b"hello sync")

@@ -710,3 +710,35 @@ async def test_router_serves_djangos_asgi_handler_on_every_backend(
                 await communicator.get_response()
         else:
             assert (await communicator.get_response())["status"] == 200
+
+
+@pytest.mark.anyio
+async def test_url_router_serves_djangos_asgi_handler_route_on_every_backend() -> None:
+    from django.core.asgi import get_asgi_application as django_asgi_application
+    from django.core.handlers.asgi import ASGIHandler
+
+    from channels_runtime.http import HttpApplication
+    from channels_runtime.server.preflight import Refused, prepare_application
+    from channels_runtime.testing import HttpCommunicator
+
+    # strawberry's guide maps Django's handler as a catch-all URLRouter route next
+    # to its own consumers; that route is served by channels_runtime.http too.
+    handler = django_asgi_application()
+    router = ProtocolTypeRouter(
+        {"http": URLRouter([path("other/", Recorder("other")), re_path(r"^", handler)])}
+    )
+    inner = router.application_mapping["http"]
+    assert inner.routes[1].callback is handler  # the user's own object is kept
+    assert isinstance(inner._routes[1].callback, HttpApplication)
+    with override_settings(ROOT_URLCONF="http_urls"):
+        response = await HttpCommunicator(router, "GET", "/hello/").get_response()
+        assert (response["status"], response["body"]) == (200, b"hello sync")
+    # serve/runserver's preflight accepts it on trio, and still refuses a subclass there.
+    assert prepare_application(router, "trio", where="test") is router
+
+    class OwnHandler(ASGIHandler):
+        pass
+
+    refused = ProtocolTypeRouter({"http": URLRouter([re_path(r"^", OwnHandler())])})
+    with pytest.raises(Refused, match="OwnHandler"):
+        prepare_application(refused, "trio", where="test")

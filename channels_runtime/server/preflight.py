@@ -196,7 +196,7 @@ def _reachable(app: object) -> Iterator[tuple[str, object]]:
 
 
 def _children(part: object) -> Iterator[tuple[str, object]]:
-    from ..routing import ProtocolTypeRouter
+    from ..routing import ProtocolTypeRouter, URLRouter
 
     if isinstance(part, type):
         return  # a consumer class: its bases were looked at already
@@ -219,5 +219,7 @@ def _children(part: object) -> Iterator[tuple[str, object]]:
             yield repr(key), child
     for route in getattr(part, "routes", None) or ():
         callback = getattr(route, "callback", None)
+        if isinstance(part, URLRouter) and type(callback) is ASGIHandler:
+            continue  # served by channels_runtime.http (substitute_django_handler)
         if callback is not None:
             yield f"route {str(getattr(route, 'pattern', '?'))!r}", callback

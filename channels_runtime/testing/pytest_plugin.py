@@ -18,8 +18,9 @@
 
 This module is loaded by every pytest run in an environment where
 channels-runtime is installed (a ``pytest11`` entry point), so it imports
-nothing from Django until a fixture is actually used, apart from the
-exception class of the alias below.
+little until a fixture is actually used: the ``channels_runtime`` package
+(whose import puts the trio bridge hooks on asgiref, see
+:mod:`channels_runtime.compat.bridge_hooks`) and the alias below.
 
 It also installs the ``channels`` alias (:mod:`channels_runtime.alias`)
 before any ``conftest.py`` is imported, so a test suite written for Django
