@@ -27,6 +27,7 @@ from .server.config import (
     SERVE_DEFAULTS,
     WORKER_CLASSES,
     ConfigError,
+    check_combination,
     check_setting,
     load_toml,
 )
@@ -45,6 +46,8 @@ _FLAG_SETTINGS = {
     "graceful_timeout": ("graceful_timeout", "--graceful-timeout"),
     "log_level": ("loglevel", "--log-level"),
     "access_logfile": ("accesslog", "--access-logfile"),
+    "drain_seconds": ("drain_seconds", "--drain-seconds"),
+    "metrics_bind": ("metrics_bind", "--metrics-bind"),
 }
 
 _SERVE_EPILOG = f"""\
@@ -157,6 +160,21 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="LEVEL",
         help=f"log level: {', '.join(LOG_LEVELS)} (default info)",
     )
+    serve.add_argument(
+        "--drain-seconds",
+        type=float,
+        metavar="SECONDS",
+        help="on SIGTERM, first report not ready (/readyz: 503) while still accepting and "
+        "serving for SECONDS, so load balancers stop sending clients; then shut down "
+        "(default 0: no drain)",
+    )
+    serve.add_argument(
+        "--metrics-bind",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics, on a bind of its own "
+        "(default: off; needs the 'metrics' extra). Also hypercorn.toml's metrics_bind or "
+        "the CHANNELS_RUNTIME_METRICS_BIND setting",
+    )
 
     worker = commands.add_parser(
         "worker",
@@ -226,6 +244,7 @@ def serve_settings(args: argparse.Namespace) -> tuple[dict[str, Any], list[str]]
         value = getattr(args, dest)
         if value is not None:
             settings[key] = check_setting(key, value, source=flag)
+    check_combination(settings)
     return settings, sources
 
 

@@ -33,6 +33,7 @@ __all__ = [
     "WORKER_CLASSES",
     "ConfigError",
     "build_config",
+    "check_combination",
     "check_setting",
     "load_toml",
 ]
@@ -143,6 +144,26 @@ def _check_bind(bind: str) -> str:
     if not 0 <= int(port_text) <= 65535:
         raise _Invalid(f"{bind!r}: port must be between 0 and 65535")
     return bind
+
+
+def _metrics_bind(value: Any) -> str:
+    """The metrics bind: one TCP ``host:port`` or ``[v6]:port`` (port 0 picks a free one)."""
+    from ..metrics.exposition import parse_bind
+
+    bind = _string(value)
+    try:
+        parse_bind(bind)
+    except ValueError as exc:
+        raise _Invalid(str(exc)) from None
+    return bind
+
+
+def _http_path(value: Any) -> str:
+    """A path answered on the main bind: ``/something``, or ``""`` for none."""
+    path = _string(value)
+    if path and (not path.startswith("/") or any(c.isspace() or c in "?#" for c in path)):
+        raise _Invalid("expected a URL path such as '/readyz' (or '' to turn it off)")
+    return path
 
 
 def _binds(value: Any) -> list[str]:
@@ -265,9 +286,17 @@ SETTINGS: dict[str, Checker] = {
     "wsgi_max_body_size": _integer(1),
     # channels-runtime's own settings (channels_runtime.compat.hypercorn_fixes.options);
     # plain Hypercorn keeps them as attributes of its Config, where the fixes read them.
+    "metrics_bind": _metrics_bind,
     "websocket_ping_timeout": _seconds(),
     "websocket_permessage_deflate": _boolean,
     "write_timeout": _seconds(),
+    # Health, readiness and draining (channels_runtime.server.health): plain Hypercorn
+    # stores them and nothing reads them; serve and serve() do.
+    "drain_seconds": _seconds(),
+    "healthz_path": _http_path,
+    "readyz_path": _http_path,
+    "readiness_timeout": _seconds(positive=True),
+    "readiness_database": _boolean,
 }
 
 #: What ``channels-runtime serve`` uses where neither the file nor a flag says
@@ -305,6 +334,17 @@ def check_setting(key: str, value: Any, *, source: str) -> Any:
         raise ConfigError(
             f"{source}: invalid value {value!r} for {key!r}: {exc}", key=key, value=value
         ) from None
+
+
+def check_combination(settings: Mapping[str, Any]) -> None:
+    """Refuse settings that are fine one by one but not together (raises ConfigError)."""
+    healthz, readyz = settings.get("healthz_path"), settings.get("readyz_path")
+    if healthz and healthz == readyz:
+        raise ConfigError(
+            f"healthz_path and readyz_path are both {healthz!r}: give them different paths",
+            key="readyz_path",
+            value=readyz,
+        )
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:

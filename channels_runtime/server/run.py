@@ -43,7 +43,7 @@ import anyio
 from hypercorn.config import Config, Sockets
 
 from ..asgi import ASGIApp
-from .config import build_config
+from .config import ConfigError, build_config
 from .preflight import Refused, check_channel_layers, prepare_application
 from .project import (
     INMEMORY_BACKEND,
@@ -218,6 +218,8 @@ class ServeSpec:
     settings: dict[str, Any]
     log_level: str = "info"
     sources: list[str] = field(default_factory=list)
+    #: Where workers publish their metrics (channels_runtime.metrics.publish); None: off.
+    metrics_dir: str | None = None
 
 
 @dataclass
@@ -264,14 +266,17 @@ def _serve_in_this_process(
     *,
     triggers: tuple[Callable[[], Any], ...] = (),
     signals: tuple[signal.Signals, ...] = SHUTDOWN_SIGNALS,
+    metrics: Any = None,
 ) -> int:
+    """Serve on this process's event loop; ``metrics`` is a metrics Publisher or None."""
     backend, options = anyio_backend(config.worker_class, debug=bool(config.debug))
+    serve = partial(serve_until, app, config, triggers=triggers, signals=signals, sockets=sockets)
+    if metrics is not None:
+        from ..metrics.publish import serve_publishing
+
+        serve = partial(serve_publishing, metrics, serve)
     try:
-        result: ServeResult = anyio.run(
-            partial(serve_until, app, config, triggers=triggers, signals=signals, sockets=sockets),
-            backend=backend,
-            backend_options=options,
-        )
+        result: ServeResult = anyio.run(serve, backend=backend, backend_options=options)
     except KeyboardInterrupt:
         return 128 + signal.SIGINT
     except Exception as exc:
@@ -296,12 +301,28 @@ def run_serve(spec: ServeSpec) -> int:
         logger.error("%s", exc)
         return EXIT_USAGE
     configure_logging(spec.log_level)
+    workers = max(config.workers, 1)
+    supervised = workers > 1 or bool(config.use_reloader)
+    try:
+        metrics = _metrics_run(config, supervised)
+    except ConfigError as exc:
+        logger.error("%s", exc)
+        return EXIT_USAGE
     try:
         sockets = bind_sockets(config)
     except OSError as exc:
         logger.error("Cannot listen on %s: %s", ", ".join(config.bind), exc.strerror or exc)
+        if metrics is not None:
+            metrics.stop()
         return EXIT_FAILURE
-    workers = max(config.workers, 1)
+    if metrics is not None:
+        try:
+            metrics.start()
+        except OSError as exc:
+            logger.error("Cannot listen on %s: %s", metrics.server.bind, exc.strerror or exc)
+            close_sockets(sockets)
+            return EXIT_FAILURE
+        spec.metrics_dir = metrics.directory
     urls = socket_urls(sockets)
     layer = project.layer
     if project.default_layer:
@@ -322,15 +343,42 @@ def run_serve(spec: ServeSpec) -> int:
             "shared layer (Redis) in CHANNEL_LAYERS.",
             workers,
         )
+    if metrics is not None:
+        logger.info("Metrics on %s/metrics", metrics.server.url)
     if config.pid_path:
         Path(config.pid_path).write_text(f"{os.getpid()}\n")
     try:
-        if workers == 1 and not config.use_reloader:
-            return _serve_in_this_process(project.app, config, sockets)
-        return _Supervisor(spec, config, sockets, workers).run()
+        if not supervised:
+            return _serve_in_this_process(
+                project.app, config, sockets, metrics=_publisher(spec, supervised=False)
+            )
+        return _Supervisor(spec, config, sockets, workers, metrics).run()
     finally:
+        if metrics is not None:
+            metrics.stop()
         if config.pid_path:
             Path(config.pid_path).unlink(missing_ok=True)
+
+
+def _metrics_run(config: Config, supervised: bool) -> Any:
+    """The run's :class:`~channels_runtime.metrics.serving.MetricsRun`, or None when off."""
+    from ..metrics.serving import MetricsRun, metrics_bind
+
+    bind = metrics_bind(config)
+    return None if bind is None else MetricsRun(bind, supervised=supervised)
+
+
+def _publisher(spec: ServeSpec, *, supervised: bool) -> Any:
+    """This worker's metrics Publisher (into ``spec.metrics_dir``), or None when off.
+
+    A supervised worker also publishes its process metrics: the supervisor,
+    which answers the scrapes, cannot collect them itself.
+    """
+    if spec.metrics_dir is None:
+        return None
+    from ..metrics.publish import Publisher
+
+    return Publisher(spec.metrics_dir, include_process=supervised)
 
 
 # -- worker processes ---------------------------------------------------------
@@ -359,6 +407,7 @@ def _worker_process(spec: ServeSpec, sockets: Sockets, stop_pipe: Any) -> None:
         sockets,
         triggers=(parent_says_stop,),
         signals=(signal.SIGTERM,),
+        metrics=_publisher(spec, supervised=True),
     )
     sys.exit(status)
 
@@ -407,8 +456,12 @@ def _changed(files: dict[Path, float]) -> Path | None:
 class _Supervisor:
     """Runs and watches the worker processes; see the module docstring."""
 
-    def __init__(self, spec: ServeSpec, config: Config, sockets: Sockets, workers: int) -> None:
+    def __init__(
+        self, spec: ServeSpec, config: Config, sockets: Sockets, workers: int, metrics: Any = None
+    ) -> None:
         self.spec = spec
+        #: The run's MetricsRun (or None), told of every worker reaped.
+        self.metrics = metrics
         self.config = config
         self.sockets = sockets
         self.workers = workers
@@ -493,6 +546,8 @@ class _Supervisor:
                 child.ask_to_stop()
                 self.children.remove(child)
                 exited.append((child, child.process.exitcode))
+                if self.metrics is not None:
+                    self.metrics.worker_exited(child.process.pid)
         if any(sentinels[r].process.exitcode is None for r in ready if r in sentinels):
             # The sentinel says the worker is gone, yet it cannot be reaped: a tracer
             # (strace, gdb) is told of its death first. The sentinel stays readable,
@@ -524,6 +579,8 @@ class _Supervisor:
         for child in self.children:
             child.process.kill()
             child.process.join()
+            if self.metrics is not None:
+                self.metrics.worker_exited(child.process.pid)
         self.children.clear()
         for _ in range(self.workers):
             self._spawn()
