@@ -32,7 +32,8 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -44,6 +45,7 @@ from hypercorn.config import Config, Sockets
 
 from ..asgi import ASGIApp
 from .config import ConfigError, build_config
+from .health import HealthChecker, HealthEndpoints, options_from_config
 from .preflight import Refused, check_channel_layers, prepare_application
 from .project import (
     INMEMORY_BACKEND,
@@ -55,8 +57,17 @@ from .project import (
     settings_hint_for,
     split_target,
 )
+from .readiness import (
+    DRAIN,
+    ParentLink,
+    ServerReadiness,
+    ServerState,
+    StateCheck,
+    SupervisorReadiness,
+    read_states,
+)
 from .serve import ServeResult, bind_sockets, close_sockets, serve_until, socket_urls
-from .signals import SHUTDOWN_SIGNALS, signal_name, wait_until_readable
+from .signals import SHUTDOWN_SIGNALS, signal_name
 
 __all__ = ["ServeSpec", "anyio_backend", "configure_logging", "run_serve", "show_runtime_logs"]
 
@@ -65,6 +76,9 @@ logger = logging.getLogger("channels_runtime.server")
 EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+
+#: How long the supervisor's readiness loop may take to close its channel layers.
+CLOSE_LAYERS_TIMEOUT = 2.0
 
 #: How often ``--reload`` looks at the source files.
 RELOAD_POLL_INTERVAL = 1.0
@@ -267,10 +281,23 @@ def _serve_in_this_process(
     triggers: tuple[Callable[[], Any], ...] = (),
     signals: tuple[signal.Signals, ...] = SHUTDOWN_SIGNALS,
     metrics: Any = None,
+    readiness: ServerReadiness | None = None,
+    health: HealthEndpoints | None = None,
+    drain_triggers: bool = True,
 ) -> int:
     """Serve on this process's event loop; ``metrics`` is a metrics Publisher or None."""
     backend, options = anyio_backend(config.worker_class, debug=bool(config.debug))
-    serve = partial(serve_until, app, config, triggers=triggers, signals=signals, sockets=sockets)
+    serve = partial(
+        serve_until,
+        app,
+        config,
+        triggers=triggers,
+        signals=signals,
+        sockets=sockets,
+        readiness=readiness,
+        health=health,
+        drain_triggers=drain_triggers,
+    )
     if metrics is not None:
         from ..metrics.publish import serve_publishing
 
@@ -349,8 +376,14 @@ def run_serve(spec: ServeSpec) -> int:
         Path(config.pid_path).write_text(f"{os.getpid()}\n")
     try:
         if not supervised:
+            readiness = ServerReadiness()
             return _serve_in_this_process(
-                project.app, config, sockets, metrics=_publisher(spec, supervised=False)
+                project.app,
+                config,
+                sockets,
+                metrics=_publisher(spec, supervised=False),
+                readiness=readiness,
+                health=_health_endpoints(config, readiness.check, metrics),
             )
         return _Supervisor(spec, config, sockets, workers, metrics).run()
     finally:
@@ -366,6 +399,21 @@ def _metrics_run(config: Config, supervised: bool) -> Any:
 
     bind = metrics_bind(config)
     return None if bind is None else MetricsRun(bind, supervised=supervised)
+
+
+def _health_endpoints(config: Config, state: StateCheck, metrics: Any) -> HealthEndpoints | None:
+    """``/healthz`` and ``/readyz`` added to the metrics bind (None when there is none).
+
+    One process answers them: the server itself, or under ``-w N`` the supervisor,
+    whose ``state`` covers every worker (see :mod:`channels_runtime.server.readiness`).
+    """
+    if metrics is None:
+        return None
+    options = options_from_config(config)
+    endpoints = HealthEndpoints(HealthChecker(state, options.checks(), timeout=options.timeout))
+    for path, handler in endpoints.routes().items():
+        metrics.server.add_route(path, handler)
+    return endpoints
 
 
 def _publisher(spec: ServeSpec, *, supervised: bool) -> Any:
@@ -384,7 +432,7 @@ def _publisher(spec: ServeSpec, *, supervised: bool) -> Any:
 # -- worker processes ---------------------------------------------------------
 
 
-def _worker_process(spec: ServeSpec, sockets: Sockets, stop_pipe: Any) -> None:
+def _worker_process(spec: ServeSpec, sockets: Sockets, stop_pipe: Any, status_pipe: Any) -> None:
     """Entry point of one worker process (started with the "spawn" method)."""
     # Ctrl-C reaches every process of the terminal's group; the parent turns it
     # into an orderly stop through the pipe, so the workers ignore it.
@@ -398,15 +446,18 @@ def _worker_process(spec: ServeSpec, sockets: Sockets, stop_pipe: Any) -> None:
         sys.exit(EXIT_USAGE)
     configure_logging(spec.log_level)
 
-    async def parent_says_stop() -> None:
-        await wait_until_readable(stop_pipe.fileno())
-
+    # The parent drains first (it tells this worker, so the main bind's readiness
+    # path answers 503 too), then asks it to stop: no second drain on that request.
+    readiness = ServerReadiness()
+    parent = ParentLink(stop_pipe, status_pipe, readiness)
     status = _serve_in_this_process(
         project.app,
         config,
         sockets,
-        triggers=(parent_says_stop,),
+        triggers=(parent.wait_for_stop,),
         signals=(signal.SIGTERM,),
+        readiness=readiness,
+        drain_triggers=False,
         metrics=_publisher(spec, supervised=True),
     )
     sys.exit(status)
@@ -416,10 +467,35 @@ def _worker_process(spec: ServeSpec, sockets: Sockets, stop_pipe: Any) -> None:
 class _Child:
     process: Any  # multiprocessing.process.BaseProcess
     stop_writer: Any  # multiprocessing.connection.Connection
+    #: The worker's reports of its state (readiness.ParentLink); None once at end of file.
+    status_reader: Any = None
+
+    @property
+    def pid(self) -> int:
+        return int(self.process.pid)
 
     def ask_to_stop(self) -> None:
         if not self.stop_writer.closed:
             self.stop_writer.close()
+
+    def ask_to_drain(self) -> None:
+        try:
+            if not self.stop_writer.closed:
+                self.stop_writer.send_bytes(DRAIN)
+        except OSError:  # already gone; its exit is reaped as usual
+            pass
+
+    def close_status(self) -> None:
+        if self.status_reader is not None:
+            self.status_reader.close()
+            self.status_reader = None
+
+
+async def _close_channel_layers() -> None:
+    from ..layers import channel_layers
+
+    with anyio.move_on_after(CLOSE_LAYERS_TIMEOUT):
+        await channel_layers.close_all()
 
 
 def _status_of(exitcode: int) -> int:
@@ -475,6 +551,9 @@ class _Supervisor:
         self._wake_reader, self._wake_writer = os.pipe()
         os.set_blocking(self._wake_reader, False)
         os.set_blocking(self._wake_writer, False)
+        #: What /readyz on the metrics bind reports: this process and every worker.
+        self.readiness = SupervisorReadiness(workers)
+        self.drain_seconds = options_from_config(config).drain_seconds
 
     # Signal handlers run between bytecodes of the main thread; they only record
     # the request and wake the wait below.
@@ -499,9 +578,10 @@ class _Supervisor:
 
     def _spawn(self) -> None:
         reader, writer = self.context.Pipe(duplex=False)
+        status_reader, status_writer = self.context.Pipe(duplex=False)
         process = self.context.Process(
             target=_worker_process,
-            args=(self.spec, self.sockets, reader),
+            args=(self.spec, self.sockets, reader, status_writer),
             name="channels-runtime worker",
             daemon=False,
         )
@@ -513,7 +593,25 @@ class _Supervisor:
         finally:
             signal.signal(signal.SIGINT, previous)
         reader.close()  # the child holds the only reading end now
-        self.children.append(_Child(process, writer))
+        status_writer.close()  # and the only writing end of this one
+        child = _Child(process, writer, status_reader)
+        self.children.append(child)
+        self.readiness.worker_state(child.pid, ServerState.STARTING)
+
+    def _read_status(self, child: _Child) -> None:
+        if child.status_reader is None:
+            return
+        states, ended = read_states(child.status_reader)
+        for state in states:
+            self.readiness.worker_state(child.pid, state)
+        if ended:
+            child.close_status()
+
+    def _forget(self, child: _Child) -> None:
+        """A worker is gone: drop its pipes and its place in the readiness report."""
+        child.ask_to_stop()
+        child.close_status()
+        self.readiness.worker_gone(child.pid)
 
     def _stop_children(self) -> None:
         for child in self.children:
@@ -533,17 +631,21 @@ class _Supervisor:
             remaining = max(deadline - time.monotonic(), 0.0)
             timeout = remaining if timeout is None else min(timeout, remaining)
         sentinels: dict[Any, _Child] = {child.process.sentinel: child for child in self.children}
-        ready = multiprocessing.connection.wait([*sentinels, self._wake_reader], timeout)
+        statuses = [c.status_reader for c in self.children if c.status_reader is not None]
+        ready = multiprocessing.connection.wait([*sentinels, *statuses, self._wake_reader], timeout)
         try:
             while os.read(self._wake_reader, 512):
                 pass
         except BlockingIOError:
             pass
+        for child in self.children:
+            if child.status_reader in ready:
+                self._read_status(child)
         exited = []
         for child in list(self.children):
             if child.process.exitcode is not None:
                 child.process.join()
-                child.ask_to_stop()
+                self._forget(child)
                 self.children.remove(child)
                 exited.append((child, child.process.exitcode))
                 if self.metrics is not None:
@@ -565,7 +667,7 @@ class _Supervisor:
         """
         registry = getattr(multiprocessing.process, "_children", None)
         for child in self.children:
-            child.ask_to_stop()
+            self._forget(child)
             if isinstance(registry, set):
                 registry.discard(child.process)
         self.children.clear()
@@ -579,11 +681,66 @@ class _Supervisor:
         for child in self.children:
             child.process.kill()
             child.process.join()
+            self._forget(child)
             if self.metrics is not None:
                 self.metrics.worker_exited(child.process.pid)
         self.children.clear()
         for _ in range(self.workers):
             self._spawn()
+
+    @contextmanager
+    def _health_loop(self) -> Iterator[None]:
+        """With a metrics bind, an event loop on a thread for ``/readyz``'s checks.
+
+        This process runs no event loop of its own, and the checks (a Redis PING)
+        need one; it is the worker class's, and the layers opened on it are
+        closed with it.
+        """
+        endpoints = _health_endpoints(self.config, self.readiness.check, self.metrics)
+        if endpoints is None:
+            yield
+            return
+        backend, options = anyio_backend(self.config.worker_class)
+        with anyio.from_thread.start_blocking_portal(backend, options) as portal:
+            endpoints.attach(portal)
+            try:
+                yield
+            finally:
+                endpoints.attach(None)
+                try:
+                    portal.call(_close_channel_layers)
+                except Exception as exc:
+                    logger.debug("Closing the readiness checks' channel layers: %r", exc)
+
+    def _drains(self, status: int) -> bool:
+        """Whether this stop starts with a drain: SIGTERM (not Ctrl-C), nothing failed."""
+        return (
+            self.drain_seconds > 0
+            and self.stop_reason == signal_name(signal.SIGTERM)
+            and status == EXIT_OK
+            and self.killed_at is None
+            and self.readiness.own.state is ServerState.SERVING
+        )
+
+    def _start_draining(self) -> float:
+        """Report not ready (here and in every worker) and return when the drain ends.
+
+        The sockets stay open and the workers keep accepting and serving; a
+        worker that exits meanwhile is not replaced.
+        """
+        self.readiness.own.advance(ServerState.DRAINING)
+        logger.info(
+            "Draining for %gs (%s): readiness reports 503, the workers still accept and serve",
+            self.drain_seconds,
+            self.stop_reason,
+        )
+        for child in self.children:
+            child.ask_to_drain()
+        return time.monotonic() + self.drain_seconds
+
+    def _still_draining(self, drain_until: float, status: int) -> bool:
+        """The drain goes on until its time is up, a worker fails or a second signal came."""
+        return time.monotonic() < drain_until and status == EXIT_OK and self.killed_at is None
 
     def _shutdown_allowance(self) -> float:
         """How long workers may take to stop: the graceful period, lifespan shutdown, slack."""
@@ -596,7 +753,8 @@ class _Supervisor:
             signal.SIGHUP: signal.signal(signal.SIGHUP, self._on_reload_signal),
         }
         try:
-            return self._run()
+            with self._health_loop():
+                return self._run()
         finally:
             for signum, handler in handlers.items():
                 signal.signal(signum, handler)
@@ -617,14 +775,16 @@ class _Supervisor:
         watched = _watched_files() if self.config.use_reloader else {}
         for _ in range(self.workers):
             self._spawn()
+        self.readiness.own.advance(ServerState.SERVING)
         shutting_down = False
         deadline: float | None = None
+        drain_until: float | None = None
         while self.children:
             if self.killed_at is not None:
                 deadline = self.killed_at + KILL_WAIT
-            for child, exitcode in self._reap(deadline):
+            for child, exitcode in self._reap(deadline if deadline is not None else drain_until):
                 pid = child.process.pid
-                if exitcode == 0 and not shutting_down:
+                if exitcode == 0 and not shutting_down and drain_until is None:
                     logger.info("Worker %s exited; starting a new one", pid)
                     self._spawn()
                 elif exitcode != 0 and self.killed_at is not None:
@@ -641,8 +801,15 @@ class _Supervisor:
                             _status_of(exitcode),
                         )
                         self.stop_reason = self.stop_reason or "worker failure"
-            if self.stop_reason is not None and not shutting_down:
+            if self.stop_reason is not None and drain_until is None and self._drains(status):
+                drain_until = self._start_draining()
+            if (
+                self.stop_reason is not None
+                and not shutting_down
+                and (drain_until is None or not self._still_draining(drain_until, status))
+            ):
                 shutting_down = True
+                self.readiness.own.advance(ServerState.STOPPING)
                 logger.info("Shutting down (%s)", self.stop_reason)
                 if deadline is None:  # (not already set by a kill)
                     deadline = time.monotonic() + self._shutdown_allowance()

@@ -13,8 +13,14 @@ the parent process of a worker):
 3. once its connections are gone, Hypercorn runs lifespan shutdown, where
    ``ProtocolTypeRouter`` closes the channel layers.
 
-A second SIGINT/SIGTERM during that wait cuts it short: everything is
-cancelled at once.
+With ``drain_seconds`` set (see :mod:`channels_runtime.server.health`), a
+SIGTERM first starts a drain: readiness turns to 503 at once while the server
+keeps accepting and serving for ``drain_seconds``, so that load balancers stop
+sending clients before the sequence above begins. SIGINT (Ctrl-C) skips the
+drain; a shutdown trigger drains too, unless the caller says otherwise.
+
+A second SIGINT/SIGTERM during the drain or the wait cuts it short: everything
+is cancelled at once.
 
 Sockets are bound (and listening) before the application starts, as under
 ``hypercorn`` with workers, and handed to Hypercorn when it asks for them. So the
@@ -43,6 +49,8 @@ from ..asgi import ASGIApp
 from ..compat import hypercorn_fixes
 from ..compat.hypercorn_fixes import tcp as connections
 from ..compat.hypercorn_serve import serve_hypercorn
+from .health import HealthChecker, HealthEndpoints, health_routes, options_from_config
+from .readiness import ServerReadiness, ServerState
 from .shutdown import GracefulShutdown
 from .signals import SHUTDOWN_SIGNALS, first_of, open_shutdown_signals, signal_name
 
@@ -144,6 +152,9 @@ async def serve_until(
     triggers: Sequence[ShutdownTrigger] = (),
     signals: Sequence[signal.Signals] = (),
     sockets: Sockets | None = None,
+    readiness: ServerReadiness | None = None,
+    health: HealthEndpoints | None = None,
+    drain_triggers: bool = True,
     task_status: TaskStatus[list[str]] = anyio.TASK_STATUS_IGNORED,
 ) -> ServeResult:
     """Serve until a trigger returns or one of ``signals`` arrives, then shut down gracefully.
@@ -151,6 +162,11 @@ async def serve_until(
     The engine behind :func:`serve` and the command line. ``sockets`` are
     already-bound sockets to serve on (a worker process gets them from its
     parent); by default the ones ``config`` names are bound here.
+    ``readiness`` is moved along as the server starts, drains and stops (pass
+    one to read it from elsewhere); ``health``, the metrics bind's health
+    routes, run their checks on this loop while it serves. With
+    ``drain_triggers`` false only SIGTERM drains, not a trigger (a worker's
+    parent has drained already when it asks the worker to stop).
     """
     if signals and threading.current_thread() is not threading.main_thread():
         raise RuntimeError(
@@ -158,6 +174,17 @@ async def serve_until(
             "when serving from another thread"
         )
     hypercorn_fixes.install()
+    lifecycle = readiness if readiness is not None else ServerReadiness()
+    options = options_from_config(config)
+    if options.healthz_path or options.readyz_path:
+        checker = (
+            health.checker
+            if health is not None
+            else HealthChecker(lifecycle.check, options.checks(), timeout=options.timeout)
+        )
+        app = health_routes(
+            app, checker, healthz_path=options.healthz_path, readyz_path=options.readyz_path
+        )
     guard = GracefulShutdown(app)
     if sockets is None:
         sockets = bind_sockets(config)
@@ -166,15 +193,32 @@ async def serve_until(
     stop_accepting = anyio.Event()
     grace = float(config.graceful_timeout)
 
+    def drains(reason: str) -> bool:
+        if options.drain_seconds <= 0 or lifecycle.state is ServerState.STARTING:
+            return False
+        return reason == signal_name(signal.SIGTERM) or (
+            drain_triggers and reason == "shutdown trigger"
+        )
+
     async def supervise(received: Any, cancel_all: anyio.CancelScope) -> None:
         result.reason = await first_of(triggers, received)
-        logger.info("Shutting down (%s)", result.reason)
-        deadline = time.monotonic() + grace
-        connections.set_shutdown_deadline(hypercorn_config, deadline)
-        stop_accepting.set()
         async with anyio.create_task_group() as group:
             if received is not None:
                 group.start_soon(force_on_next_signal, received, cancel_all)
+            if drains(result.reason):
+                lifecycle.advance(ServerState.DRAINING)
+                logger.info(
+                    "Draining for %gs (%s): readiness reports 503, connections are still "
+                    "accepted and served",
+                    options.drain_seconds,
+                    result.reason,
+                )
+                await anyio.sleep(options.drain_seconds)
+            lifecycle.advance(ServerState.STOPPING)
+            logger.info("Shutting down (%s)", result.reason)
+            deadline = time.monotonic() + grace
+            connections.set_shutdown_deadline(hypercorn_config, deadline)
+            stop_accepting.set()
             await guard.close_websockets(grace)
             with anyio.move_on_after(max(deadline - time.monotonic(), 0.0)):
                 await connections.wait_all_closed(hypercorn_config)
@@ -198,6 +242,7 @@ async def serve_until(
 
     async def report_started() -> None:
         await guard.wait_started()
+        lifecycle.advance(ServerState.SERVING)
         task_status.started(result.urls)
 
     async def run_hypercorn(done: anyio.CancelScope) -> None:
@@ -212,6 +257,8 @@ async def serve_until(
 
     try:
         async with open_shutdown_signals(signals) as received, anyio.create_task_group() as group:
+            if health is not None:
+                await group.start(health.run_on_this_loop)
             group.start_soon(supervise, received, group.cancel_scope)
             group.start_soon(report_started)
             group.start_soon(run_hypercorn, group.cancel_scope)

@@ -1014,6 +1014,43 @@ class RedisChannelLayer(RedisSettings, BaseChannelLayer):
                     break
         state.local.clear()
 
+    async def ping(self) -> None:
+        """``PING`` every shard over this event loop's own connections (for readiness checks).
+
+        A failed attempt is retried once, at once, on a fresh connection: a pooled
+        one may predate a Redis restart, which ordinary commands also shrug off.
+        There is no backoff and no retry budget; the caller bounds the time
+        (``socket_timeout`` bounds each reply). Raises :class:`RedisUnavailable`
+        naming the server that did not answer.
+        """
+        for shard in self._state().shards:
+            error: BaseException | None = None
+            for _attempt in range(2):
+                try:
+                    conn = await shard.lease()
+                except _FAILURES as exc:
+                    error = exc
+                    continue
+                try:
+                    with anyio.fail_after(self.socket_timeout):
+                        reply = await conn.request("PING")
+                except _FAILURES as exc:
+                    await shard.discard(conn)
+                    error = exc
+                    continue
+                except BaseException:
+                    await shard.discard(conn, fault=False)
+                    raise
+                await shard.release(conn)
+                if not isinstance(reply, ReplyError):
+                    error = None
+                    break
+                error = reply
+            if error is not None:
+                raise RedisUnavailable(
+                    f"Redis at {shard.spec.describe()} did not answer PING: {error!r}"
+                ) from error
+
     async def close(self) -> None:
         """Close this event loop's idle connections and drop its buffered messages.
 

@@ -1125,6 +1125,40 @@ class RedisPubSubChannelLayer(RedisSettings, BaseChannelLayer):
             topic, index = self._group_topic(group)
             self._unwant(state, index, topic)
 
+    # -- readiness ------------------------------------------------------------------------
+
+    async def ping(self) -> None:
+        """``PING`` every server over this event loop's own publishing connections
+        (for readiness checks); see :meth:`RedisChannelLayer.ping
+        <channels_runtime.layers.redis.core.RedisChannelLayer.ping>`."""
+        for pool in self._state().pools:
+            error: BaseException | None = None
+            for _attempt in range(2):
+                try:
+                    conn = await pool.lease(self.connect_timeout)
+                except _FAILURES as exc:
+                    error = exc
+                    continue
+                try:
+                    with anyio.fail_after(self.socket_timeout):
+                        reply = await conn.request("PING")
+                except _FAILURES as exc:
+                    await pool.discard(conn)
+                    error = exc
+                    continue
+                except BaseException:
+                    await pool.discard(conn, fault=False)
+                    raise
+                await pool.release(conn)
+                if not isinstance(reply, ReplyError):
+                    error = None
+                    break
+                error = reply
+            if error is not None:
+                raise RedisUnavailable(
+                    f"Redis at {pool.spec.describe()} did not answer PING: {error!r}"
+                ) from error
+
     # -- flush and close -------------------------------------------------------------------
 
     async def flush(self) -> None:
