@@ -30,6 +30,7 @@ from django.core.exceptions import ImproperlyConfigured
 from django.utils.crypto import constant_time_compare
 from django.utils.functional import LazyObject, empty
 
+from . import metrics
 from .asgi import ASGIApp, Receive, Scope, Send
 from .compat.backend import ensure_bridge
 from .compat.django_versions import send_signal
@@ -255,6 +256,8 @@ class AuthMiddleware(BaseMiddleware):
         scope = dict(scope)
         self.populate_scope(scope)
         await self.resolve_scope(scope)
+        if metrics.enabled:  # to count a handshake refused to an anonymous user as "auth"
+            metrics.connections.note_user(scope["user"])
         # Returned, as Channels' middleware return the inner application's value.
         return await super().__call__(scope, receive, send)
 

@@ -13,15 +13,17 @@ from typing import Any, ClassVar
 
 import anyio
 
-from . import DEFAULT_CHANNEL_LAYER
+from . import DEFAULT_CHANNEL_LAYER, metrics
 from .asgi import Message, Receive, Scope, Send
 from .compat.asyncio_on_trio import raise_if_asyncio_on_trio
 from .compat.backend import ensure_bridge
 from .db import _open_wrappers as _db_connections
 from .db import aclose_old_connections, close_pass_due, database_sync_to_async
-from .dispatch import dispatch_serially
+from .dispatch import Dispatch, dispatch_serially
 from .exceptions import StopConsumer
 from .layers import get_channel_layer
+from .metrics import consumers as consumer_metrics
+from .metrics import outbound as outbound_metrics
 from .sync_send import ThreadSender
 
 _handler_names: dict[str, str] = {}
@@ -80,7 +82,10 @@ class AsyncConsumer:
             sources.append(self.channel_receive)
         self.base_send = send
         try:
-            await dispatch_serially(sources, self.dispatch)
+            dispatch: Dispatch = self.dispatch
+            if metrics.enabled:
+                dispatch = consumer_metrics.instrument(dispatch)
+            await dispatch_serially(sources, dispatch)
         except StopConsumer:
             pass
         except (RuntimeError, TypeError, AttributeError) as exc:
@@ -196,6 +201,8 @@ class SyncConsumer(AsyncConsumer):
             owner=f"{cls.__module__}.{cls.__qualname__}",
             client=scope.get("client"),
         )
+        if metrics.enabled:
+            outbound_metrics.track_sender(sender)
         failure: Exception | None = None
         try:
             async with anyio.create_task_group() as group:

@@ -34,8 +34,10 @@ from collections.abc import Awaitable, Callable, Sequence
 
 import anyio
 
+from . import metrics
 from .asgi import Message, Receive
 from .compat.yield_point import message_yield
+from .metrics.consumers import wait_turn
 
 Dispatch = Callable[[Message], Awaitable[None]]
 
@@ -109,7 +111,7 @@ async def dispatch_serially(sources: Sequence[Receive], dispatch: Dispatch) -> N
                 message = await receive()
                 # Turn.acquire() inlined: no coroutine when the turn is free.
                 if turn._busy:
-                    await turn.wait()
+                    await (wait_turn(turn) if metrics.enabled else turn.wait())
                 else:
                     turn._busy = True
                 try:

@@ -101,6 +101,7 @@ from django.http import (
 from django.http.response import HttpResponseBase
 from django.urls import URLPattern, URLResolver, get_resolver, set_script_prefix
 
+from . import metrics
 from .asgi import Message, Receive, Scope, Send
 from .compat.backend import ensure_bridge, running_on_trio
 from .compat.django_versions import get_script_prefix, send_signal
@@ -217,6 +218,12 @@ class DjangoHandler(BaseHandler):
         super().__init__()
         self.load_middleware(is_async=is_async)
 
+    def resolve_request(self, request: Any) -> Any:
+        match = super().resolve_request(request)
+        if metrics.enabled:  # the view route, for the request's metrics
+            metrics.http.note_route(match)
+        return match
+
 
 # -- pieces shared by both paths ---------------------------------------------------------
 
@@ -286,6 +293,8 @@ def _start_message(response: HttpResponseBase) -> Message:
         )
     for morsel in response.cookies.values():
         headers.append((b"Set-Cookie", morsel.output(header="").encode("ascii").strip()))
+    if metrics.enabled:
+        metrics.http.note_status(response.status_code)
     return {"type": _START, "status": response.status_code, "headers": headers}
 
 
@@ -527,6 +536,12 @@ class HttpApplication:
                 "ProtocolTypeRouter."
             )
         ensure_bridge()
+        if metrics.enabled:  # counted and timed, by status class and view route
+            await metrics.http.serve(lambda: self._serve(scope, receive, send))
+        else:
+            await self._serve(scope, receive, send)
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         body = await _read_body(receive)
         if body is None:
             return  # the client left before the request was complete

@@ -31,6 +31,7 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.urls.resolvers import RegexPattern, RoutePattern, URLPattern, URLResolver
 
+from . import metrics
 from .asgi import ASGIApp, Receive, Scope, Send
 from .compat import hypercorn_fixes
 from .compat.backend import ensure_bridge
@@ -226,6 +227,8 @@ class ProtocolTypeRouter:
                     # Django's ASGIHandler, subclassed or wrapped, is asyncio-only:
                     # on trio, say what to use instead.
                     check_http_application(application)
+                if metrics.enabled:  # one counted connection per request
+                    application = metrics.connections.counted_http(application)
             try:
                 return await application(scope, receive, send)
             except NoRouteFound:
@@ -233,6 +236,8 @@ class ProtocolTypeRouter:
                 # sent to the client yet and refusing it now is still possible.
                 if scope_type not in _REFUSED_TYPES:
                     raise
+                if metrics.enabled:
+                    metrics.connections.deny_reason("no_route")
                 answer = refuse_unrouted
             except ClientInputRefused:
                 # A consumer closed the connection over the client's input and logged
@@ -425,6 +430,8 @@ class URLRouter:
         if resolved is None:
             raise NoRouteFound(scope.get("path"), scope.get("type"))
         route, remaining, args, kwargs = resolved
+        if metrics.enabled:  # the route label: pattern text, never the path
+            metrics.connections.routed(str(route.pattern), final=route.router is None)
         outer = scope.get("url_route") or {}
         inner_scope = dict(
             scope,

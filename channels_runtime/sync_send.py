@@ -61,9 +61,11 @@ import threading
 from collections import deque
 from typing import Any
 
+from . import metrics
 from .asgi import Message, Send, describe_client
 from .compat.loop_calls import loop_caller
 from .compat.wakeup import Wakeup, new_wakeup
+from .metrics import outbound as outbound_metrics
 from .sync import ThreadSensitiveContext, async_to_sync
 
 __all__ = ["CLOSE_CODE_TRY_AGAIN_LATER", "ThreadSender"]
@@ -242,6 +244,8 @@ class ThreadSender:
             self._idle = False
         if wake:
             self._call_soon(self._wake_sender)
+        if metrics.enabled:  # counted on the loop, which owns the metrics
+            self._call_soon(outbound_metrics.sync_send_queue_full)
         if pending >= self.max_queued:
             bound = f"reached max_queued_sends={self.max_queued} ({pending} messages waiting)"
         else:

@@ -20,7 +20,16 @@ Only :mod:`.aggregate` and :mod:`.serving` import ``prometheus_client``.
 
 from __future__ import annotations
 
-__all__ = ["disable", "enable", "enabled"]
+__all__ = [
+    "connections",
+    "consumers",
+    "disable",
+    "enable",
+    "enabled",
+    "http",
+    "layers",
+    "outbound",
+]
 
 #: Whether the runtime counts. Read at every call site (``if metrics.enabled:``),
 #: so turning metrics off costs one attribute lookup per instrumented point.
@@ -37,3 +46,8 @@ def disable() -> None:
     """Stop counting in this process (values so far are kept)."""
     global enabled
     enabled = False
+
+
+# The concept modules, for call sites' ``metrics.connections.routed(...)``; they
+# import neither prometheus_client nor the rest of the runtime.
+from . import connections, consumers, http, layers, outbound  # noqa: E402

@@ -171,6 +171,10 @@ class Aggregator(Collector):
 
     def _family(self, metric: core.Metric, series: dict[tuple[str, ...], Any]) -> Metric:
         labels = list(metric.labels)
+        if not labels and not series:
+            # An unlabelled metric has its one series from the start: 0 so far.
+            zero = [0] * (len(metric.buckets) + 2) if isinstance(metric, core.Histogram) else 0
+            series = {(): zero}
         family: Metric
         if isinstance(metric, core.Histogram):
             family = HistogramMetricFamily(metric.name, metric.documentation, labels=labels)

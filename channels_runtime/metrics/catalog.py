@@ -7,4 +7,6 @@ every metric, with zeros where nothing happened yet.
 
 from __future__ import annotations
 
-from . import connections  # noqa: F401
+from . import connections, consumers, http, layers, outbound
+
+__all__ = ["connections", "consumers", "http", "layers", "outbound"]

@@ -42,6 +42,17 @@ Key = tuple[str, ...]
 Snapshot = dict[str, list[list[Any]]]
 
 
+def _copy(
+    values: dict[Key, float], collect: Callable[[], Iterable[tuple[Key, float]]] | None
+) -> list[list[Any]]:
+    """``values`` as JSON-ready pairs, plus what ``collect`` reports (summed per key)."""
+    totals = values.copy()
+    if collect is not None:
+        for key, value in collect():
+            totals[key] = totals.get(key, 0) + value
+    return [[list(key), value] for key, value in totals.items()]
+
+
 class Metric:
     """Name, help text and label names of one metric; values live in the subclasses."""
 
@@ -67,23 +78,33 @@ class Metric:
 class Counter(Metric):
     """Only goes up. ``values[key] += n`` is the whole update; :meth:`inc` is the readable form.
 
-    The name is the Prometheus sample name, ``..._total`` included.
+    The name is the Prometheus sample name, ``..._total`` included. ``collect``
+    (as for :class:`Gauge`) adds values that only exist when copied, such as
+    the seconds of an outage still in progress; they must only grow too.
     """
 
     kind = "counter"
 
-    def __init__(self, name: str, documentation: str, labels: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labels: tuple[str, ...] = (),
+        *,
+        collect: Callable[[], Iterable[tuple[Key, float]]] | None = None,
+    ) -> None:
         if not name.endswith("_total"):
             raise ValueError(f"counter {name!r} must end with '_total'")
         super().__init__(name, documentation, labels)
         self.values: dict[Key, float] = {}
+        self.collect = collect
 
     def inc(self, key: Key = (), amount: float = 1) -> None:
         values = self.values
         values[key] = values.get(key, 0) + amount
 
     def copy_values(self) -> list[list[Any]]:
-        return [[list(key), value] for key, value in self.values.copy().items()]
+        return _copy(self.values, self.collect)
 
     def clear(self) -> None:
         self.values.clear()
@@ -124,12 +145,7 @@ class Gauge(Metric):
         self.values[key] = value
 
     def copy_values(self) -> list[list[Any]]:
-        if self.collect is None:
-            return [[list(key), value] for key, value in self.values.copy().items()]
-        totals: dict[Key, float] = {}
-        for key, value in self.collect():
-            totals[key] = totals.get(key, 0) + value
-        return [[list(key), value] for key, value in totals.items()]
+        return _copy(self.values, self.collect)
 
     def clear(self) -> None:
         self.values.clear()

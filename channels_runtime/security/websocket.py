@@ -21,6 +21,7 @@ from urllib.parse import ParseResult, urlparse
 from django.conf import settings
 from django.utils.http import is_same_domain
 
+from .. import metrics
 from ..asgi import ASGIApp, Receive, Scope, Send
 from ..generic.websocket import AsyncWebsocketConsumer
 
@@ -115,6 +116,8 @@ class OriginValidator:
         # Either application's return value is passed on, as Channels does.
         if self.valid_origin(parsed_origin):
             return await self.application(scope, receive, send)
+        if metrics.enabled:
+            metrics.connections.deny_reason("origin")
         return await WebsocketDenier()(scope, receive, send)
 
     def valid_origin(self, parsed_origin: ParseResult | None) -> bool:

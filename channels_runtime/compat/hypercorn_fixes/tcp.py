@@ -54,6 +54,7 @@ from typing import Any
 
 from hypercorn.events import Closed, RawData
 
+from channels_runtime import metrics
 from channels_runtime.asgi import describe_client
 
 from .options import WRITE_TIMEOUT, option
@@ -62,6 +63,7 @@ from .ws_stream import WebSocketStream
 __all__ = [
     "SLOW_CLIENT_CODE",
     "abort_all",
+    "buffered_bytes",
     "install",
     "open_connections",
     "set_shutdown_deadline",
@@ -98,6 +100,23 @@ def open_connections(config: Any = None) -> int:
     if config is None:
         return len(_open)
     return sum(1 for server in list(_open) if server.config is config)
+
+
+def buffered_bytes() -> int:
+    """Bytes the open connections have handed to the server but not to the kernel yet.
+
+    asyncio: the transports' write buffers; trio: the writes in progress (trio
+    keeps no buffer: a write waits until the kernel has taken it all). For the
+    metrics (:mod:`channels_runtime.metrics.outbound`); call on the loop's thread.
+    """
+    total = 0
+    for server in list(_open):
+        writer = getattr(server, "writer", None)
+        if writer is not None:
+            total += writer.transport.get_write_buffer_size()
+        elif server.send_lock.locked():  # the size of the write holding the lock
+            total += getattr(server, "_channels_runtime_writing", 0)
+    return total
 
 
 def _write_limit(config: Any) -> float:
@@ -150,6 +169,8 @@ def _report_slow_client(server: Any, limit: float) -> None:
         _peer(server),
         limit,
     )
+    if metrics.enabled:
+        metrics.outbound.slow_client("write_timeout")
     _mark_websockets(server, SLOW_CLIENT_CODE, "client too slow")
 
 
@@ -305,6 +326,8 @@ def _patch_trio(server_class: Any) -> None:
                 # half; but with a deadline, so a client that does not read cannot
                 # hold the write (and the shutdown) forever.
                 with trio.CancelScope(shield=True, deadline=trio.current_time() + limit) as scope:
+                    if metrics.enabled:  # held bytes, for the metrics (buffered_bytes)
+                        self._channels_runtime_writing = len(event.data)
                     await self.stream.send_all(event.data)
                 if scope.cancelled_caught:
                     _report_slow_client(self, limit)

@@ -61,7 +61,7 @@ from typing import Any
 
 import anyio
 import h11
-from hypercorn.protocol.events import Body, Data, StreamClosed
+from hypercorn.protocol.events import Body, Data, Request, StreamClosed
 from hypercorn.protocol.ws_stream import (
     ASGIWebsocketState,
     FrameTooLargeError,
@@ -72,7 +72,9 @@ from wsproto.connection import ConnectionState
 from wsproto.events import CloseConnection, Message, Ping, Pong
 from wsproto.extensions import PerMessageDeflate
 from wsproto.frame_protocol import CloseReason
+from wsproto.utilities import LocalProtocolError
 
+from channels_runtime import metrics
 from channels_runtime.asgi import describe_client
 
 from .options import PERMESSAGE_DEFLATE, PING_TIMEOUT, option
@@ -158,6 +160,8 @@ class WebSocketStream(WSStream):
         self._heard = False  # any frame from the peer since the last ping
         self._refused = False  # the handshake was refused by the server itself
         self._closed_event: anyio.Event | None = None  # made when a task waits for the end
+        #: The connection's metrics record (channels_runtime.metrics.connections), when on.
+        self.metrics_record: Any = None
 
     # -- what the application is told ---------------------------------------
 
@@ -181,6 +185,8 @@ class WebSocketStream(WSStream):
             return
         if isinstance(event, StreamClosed):
             self.closed = True
+            if self.metrics_record is not None:
+                metrics.connections.closed(self.metrics_record, self.close_code or _ABNORMAL)
             if self._closed_event is not None:
                 self._closed_event.set()
             if self.app_put is not None:
@@ -194,6 +200,9 @@ class WebSocketStream(WSStream):
             return
         if isinstance(event, Body | Data) and not self.handshake.accepted:
             await self._refuse_early_data()
+            return
+        if metrics.enabled and isinstance(event, Request):  # the application starts here
+            await metrics.connections.handshake(self, super().handle, event)
             return
         await super().handle(event)
 
@@ -215,6 +224,8 @@ class WebSocketStream(WSStream):
     async def app_send(self, message: Any) -> None:
         if self._refused:
             return
+        if self.metrics_record is not None and self.state is ASGIWebsocketState.HANDSHAKE:
+            metrics.connections.handshake_answered(self.metrics_record, message)
         if message is None:
             if self.state is ASGIWebsocketState.CONNECTED and not self.closed:
                 self.note_close(_INTERNAL_ERROR)  # Hypercorn closes with 1011 for us
@@ -229,6 +240,16 @@ class WebSocketStream(WSStream):
             self.task_group.spawn(self._end_after_close_timeout)
             return
         await super().app_send(message)
+
+    async def _send_wsproto_event(self, event: Any) -> None:
+        # Hypercorn's own steps, with the frames and bytes counted when metrics are on.
+        try:
+            data = self.connection.send(event)
+        except LocalProtocolError:
+            return
+        if self.metrics_record is not None:
+            metrics.outbound.frame_sent(self.metrics_record, isinstance(event, Message), len(data))
+        await self.send(Data(stream_id=self.stream_id, data=data))
 
     # -- frames from the client ---------------------------------------------
 
@@ -308,6 +329,8 @@ class WebSocketStream(WSStream):
             await super()._accept(message)
         finally:
             _inflate_limit.reset(token)
+        if self.metrics_record is not None:
+            metrics.connections.opened(self.metrics_record)
 
     async def _end_after_close_timeout(self) -> None:
         """After a server close, give the client :data:`CLOSE_TIMEOUT` s to answer."""
