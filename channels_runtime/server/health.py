@@ -35,6 +35,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
+import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -319,7 +320,7 @@ class HealthEndpoints:
     them. :meth:`run_on_this_loop` lends the running loop for as long as it
     runs; a handler hands the checks to it through a blocking portal and waits
     at most ``readiness_timeout`` + :data:`LOOP_ANSWER_GRACE`. So a loop that is
-    blocked (a handler doing sync I/O on it, say) makes ``/readyz`` answer 503,
+    blocked (a consumer doing sync I/O on it, say) makes ``/readyz`` answer 503,
     "the event loop did not answer", instead of hanging the probe.
 
     While the lifecycle check fails (starting, draining, stopping) the report is
@@ -330,6 +331,8 @@ class HealthEndpoints:
     def __init__(self, checker: HealthChecker) -> None:
         self.checker = checker
         self._portal: BlockingPortal | None = None
+        self._lock = threading.Lock()
+        self._pending: concurrent.futures.Future[HealthReport] | None = None
 
     def attach(self, portal: BlockingPortal | None) -> None:
         """Run the checks through ``portal`` from now on (``None``: no loop any more)."""
@@ -362,14 +365,8 @@ class HealthEndpoints:
             return checker.skipped_report(failed, "not run: no event loop")
         wait = checker.timeout + LOOP_ANSWER_GRACE
         try:
-            future = portal.start_task_soon(checker.readyz)
-        except RuntimeError:  # the portal stopped in between: the loop is ending
-            failed = replace(server, status="fail", detail="stopping")
-            return checker.skipped_report(failed, "not run: the server is not serving")
-        try:
-            return future.result(timeout=wait)
-        except concurrent.futures.TimeoutError:
-            future.cancel()
+            return self._on_the_loop(portal).result(timeout=wait)
+        except TimeoutError:
             failed = replace(
                 server,
                 status="fail",
@@ -377,9 +374,33 @@ class HealthEndpoints:
                 detail=f"the event loop did not answer within {wait:g}s",
             )
             return checker.skipped_report(failed, "not run: the event loop did not answer")
-        except concurrent.futures.CancelledError:
+        except RuntimeError:  # the portal stopped in between: the loop is ending
             failed = replace(server, status="fail", detail="stopping")
             return checker.skipped_report(failed, "not run: the server is not serving")
+
+    def _on_the_loop(self, portal: BlockingPortal) -> concurrent.futures.Future[HealthReport]:
+        """The checks' report, computed on the portal's loop.
+
+        Handing work to a loop blocks until that loop takes it, so the hand-over
+        happens on a helper thread and the handler waits on this future with its
+        own timeout. Probes that arrive while one is in flight share its answer:
+        a loop that stays blocked holds one helper thread, never one per probe.
+        """
+        with self._lock:
+            pending = self._pending
+            if pending is not None and not pending.done():
+                return pending
+            future: concurrent.futures.Future[HealthReport] = concurrent.futures.Future()
+            self._pending = future
+
+        def hand_over() -> None:
+            try:
+                future.set_result(portal.call(self.checker.readyz))
+            except BaseException as exc:
+                future.set_exception(exc)
+
+        threading.Thread(target=hand_over, name="channels-runtime readiness", daemon=True).start()
+        return future
 
     def routes(self) -> dict[str, Any]:
         """``{"/healthz": handler, "/readyz": handler}`` for ``MetricsServer.add_route``."""
