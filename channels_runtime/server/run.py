@@ -15,6 +15,14 @@ single-process trio mode dies on SIGTERM without any cleanup. Here:
   replaced. Each child watches a pipe from the parent, so it shuts down when
   the parent asks, and also if the parent dies.
 
+Draining (``drain_seconds``): with one worker, ``serve_until`` drains. With N,
+the parent drains: on SIGTERM it reports not ready, tells every worker over
+its pipe (so a readiness path on the main bind answers 503 too) and keeps the
+sockets open for ``drain_seconds`` before asking the workers to stop. Workers
+report their state back over a second pipe, which is what ``/readyz`` on the
+metrics bind (answered by the parent) checks; see
+:mod:`channels_runtime.server.readiness`.
+
 Exit statuses: 0 after a graceful shutdown, 1 when the server failed (a worker
 crashed, lifespan startup failed, a second signal forced the stop), 2 for
 configuration and usage errors, including a project that cannot run on the
