@@ -45,6 +45,7 @@ from collections.abc import Iterator, Mapping
 from copy import deepcopy
 from typing import Any
 
+from .. import metrics
 from ..compat.wakeup import new_wakeup
 from ..exceptions import ChannelFull
 from .base import BaseChannelLayer, CapacityPattern, Message
@@ -467,6 +468,8 @@ class InMemoryChannelLayer(BaseChannelLayer):
                 ch.due = max(items[ch.head], timeline[-1].due if timeline else 0.0)
                 ch.scheduled = True
                 timeline.append(ch)
+            if metrics.enabled and head != start:
+                metrics.layers.expired(self, (head - start) >> 1)
             for _ in range((head - start) >> 1):
                 self._remove_from_groups(ch.name)
         if self._channels_peak > _SHRINK_MIN and len(channels) * 4 < self._channels_peak:
@@ -594,6 +597,8 @@ class InMemoryChannelLayer(BaseChannelLayer):
             return False
         del items[:head]
         ch.head = 0
+        if metrics.enabled:
+            metrics.layers.expired(self, (head - start) >> 1)
         for _ in range((head - start) >> 1):
             self._remove_from_groups(ch.name)
         return True
@@ -616,12 +621,18 @@ class InMemoryChannelLayer(BaseChannelLayer):
         ch = self._lookup(channel, expires_at)
         if ch.waiters:
             self._hand_over(ch, copy_message(message), expires_at, now)
+            if metrics.enabled:
+                metrics.layers.sent(self)
             return
         items = ch.items
         if (len(items) - ch.head) >> 1 >= ch.capacity and not self._drop_expired(ch, now):
+            if metrics.enabled:
+                metrics.layers.channel_full(self, "send")
             raise ChannelFull(channel)
         items.append(expires_at)
         items.append(copy_message(message))
+        if metrics.enabled:
+            metrics.layers.sent(self)
 
     async def receive(self, channel: str) -> Message:
         """Return the oldest unexpired message on ``channel``, waiting for one if
@@ -657,9 +668,13 @@ class InMemoryChannelLayer(BaseChannelLayer):
                 del items[:head]
                 head = 0
             ch.head = head
+            if metrics.enabled and expired:
+                metrics.layers.expired(self, expired)
             for _ in range(expired):
                 self._remove_from_groups(channel)
             if message is not None:
+                if metrics.enabled:
+                    metrics.layers.received(self)
                 return message
 
         waiter = _Waiter()
@@ -675,7 +690,14 @@ class InMemoryChannelLayer(BaseChannelLayer):
         ch.in_flight -= 1
         message = waiter.message
         assert message is not None
+        if metrics.enabled:
+            metrics.layers.received(self)
         return message
+
+    def metrics_state(self) -> dict[str, float]:
+        """Messages queued (expired ones not swept yet included) and groups, for the metrics."""
+        queued = sum((len(ch.items) - ch.head) >> 1 for ch in list(self._channels.values()))
+        return {"buffered": queued, "groups": len(self._groups)}
 
     async def new_channel(self, prefix: str = "specific") -> str:
         """Return ``"{prefix}.inmemory!"`` plus 12 random letters, unused so far."""
@@ -754,10 +776,13 @@ class InMemoryChannelLayer(BaseChannelLayer):
         now = _monotonic()
         members = self._groups.get(group)
         if not members:
+            if metrics.enabled:
+                metrics.layers.group_sent(self, 0)
             return
         expires_at = now + self.expiry
         channels = self._channels
         expired: list[str] | None = None
+        full = 0
         for channel, until in members.items():
             if until <= now:
                 if expired is None:
@@ -773,6 +798,10 @@ class InMemoryChannelLayer(BaseChannelLayer):
                 items = ch.items
                 items.append(expires_at)
                 items.append(copy_message(message))
+            else:
+                full += 1
+        if metrics.enabled:
+            metrics.layers.group_sent(self, len(members) - len(expired or ()) - full, full)
         if expired:
             for channel in expired:
                 self._drop_member(group, channel)

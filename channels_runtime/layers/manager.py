@@ -12,6 +12,7 @@ from django.utils.module_loading import import_string
 
 from .. import DEFAULT_CHANNEL_LAYER
 from ..exceptions import InvalidChannelLayerError
+from ..metrics import layers as layer_metrics
 from .base import BaseChannelLayer
 
 
@@ -109,11 +110,13 @@ class ChannelLayerManager:
                 f"CONFIG for channel layer {name!r} must be a dict, got {config!r}"
             )
         try:
-            return backend_class(**config)
+            layer = backend_class(**config)
         except TypeError as exc:
             raise InvalidChannelLayerError(
                 f"Invalid CONFIG for channel layer {name!r} ({path}): {exc}"
             ) from exc
+        layer_metrics.track(layer, name)  # labelled by alias; nothing is counted when off
+        return layer
 
     def __getitem__(self, key: str) -> Any:
         try:

@@ -105,9 +105,16 @@ _layers: weakref.WeakSet[Any] = weakref.WeakSet()
 
 
 def track(layer: Any, alias: str | None = None) -> None:
-    """Count ``layer``'s metrics under ``alias`` (default: its class name)."""
-    layer._metrics_key = (alias or type(layer).__name__,)
-    _layers.add(layer)
+    """Count ``layer``'s metrics under ``alias`` (default: its class name).
+
+    A third-party layer that takes no attributes (``__slots__``) is left
+    alone: only this package's layers count anything.
+    """
+    try:
+        layer._metrics_key = (alias or type(layer).__name__,)
+        _layers.add(layer)
+    except (AttributeError, TypeError):
+        pass
 
 
 def _key(layer: Any) -> Key:
@@ -127,10 +134,13 @@ def received(layer: Any) -> None:
     RECEIVED.inc(_key(layer))
 
 
-def group_sent(layer: Any, fanout: int) -> None:
+def group_sent(layer: Any, fanout: int, full: int = 0) -> None:
+    """One group_send delivered to ``fanout`` channels and skipped ``full`` at capacity."""
     key = _key(layer)
     GROUP_SENDS.inc(key)
     FANOUT.observe(key, fanout)
+    if full:
+        FULL.inc((key[0], "group_send"), full)
 
 
 def channel_full(layer: Any, operation: str, count: int = 1) -> None:
@@ -145,8 +155,11 @@ def evicted(layer: Any, count: int = 1) -> None:
     EVICTED.inc(_key(layer), count)
 
 
-def reconnected(layer: Any) -> None:
-    RECONNECTS.inc(_key(layer))
+def reconnected(layer: Any, unavailable_for: float) -> None:
+    """Redis is reachable again after ``unavailable_for`` seconds."""
+    key = _key(layer)
+    RECONNECTS.inc(key)
+    UNAVAILABLE_SECONDS.inc(key, unavailable_for)
 
 
 def _state_of(name: str) -> Callable[[], Iterator[tuple[Key, float]]]:

@@ -35,6 +35,7 @@ from typing import Any, ClassVar
 import anyio
 import anyio.lowlevel
 
+from ... import metrics
 from ...exceptions import ChannelFull
 from ..base import BaseChannelLayer, CapacityPattern, Message
 from . import scripts
@@ -248,11 +249,12 @@ class _Shard:
 
     def recovered(self) -> None:
         if self.outage_since is not None:
+            lasted = _monotonic() - self.outage_since
             logger.warning(
-                "Redis at %s is reachable again after %.1fs",
-                self.spec.describe(),
-                _monotonic() - self.outage_since,
+                "Redis at %s is reachable again after %.1fs", self.spec.describe(), lasted
             )
+            if metrics.enabled:
+                metrics.layers.reconnected(self.layer, lasted)
             self.outage_since = None
 
 
@@ -292,9 +294,10 @@ class _Local:
     message rate.
     """
 
-    __slots__ = ("blocked", "buffered", "buffers", "heap", "reader", "seq", "waiters")
+    __slots__ = ("blocked", "buffered", "buffers", "heap", "layer", "reader", "seq", "waiters")
 
-    def __init__(self) -> None:
+    def __init__(self, layer: Any = None) -> None:
+        self.layer = layer  # whose metrics count what is dropped here
         self.buffers: dict[str, deque[tuple[float, Any]]] = {}
         self.waiters: dict[str, deque[_Waiter]] = {}
         self.reader: _Waiter | None = None
@@ -317,6 +320,8 @@ class _Local:
             while buf and buf[0][0] <= now:
                 buf.popleft()
                 self.buffered -= 1
+                if metrics.enabled:
+                    metrics.layers.expired(self.layer)
             if buf:
                 self._schedule(name, buf[0][0])
             else:
@@ -354,6 +359,8 @@ class _Local:
             buf.popleft()
             self.buffered -= 1
             logger.debug("Dropped the oldest buffered message, for %r: buffers are full", name)
+            if metrics.enabled:
+                metrics.layers.evicted(self.layer)
             if buf:
                 self._schedule(name, buf[0][0])
             else:
@@ -373,6 +380,8 @@ class _Local:
             if deadline > now:
                 message = candidate
                 break
+            if metrics.enabled:
+                metrics.layers.expired(self.layer)
         if not buf:
             del self.buffers[channel]
         return message
@@ -458,7 +467,7 @@ class _LoopState:
     def __init__(self, layer: RedisChannelLayer, token: Any) -> None:
         self.token_ref = weakref.ref(token)
         self.shards = [_Shard(layer, i, spec) for i, spec in enumerate(layer.hosts)]
-        self.local = _Local()
+        self.local = _Local(layer)
 
 
 class RedisChannelLayer(RedisSettings, BaseChannelLayer):
@@ -816,7 +825,11 @@ class RedisChannelLayer(RedisSettings, BaseChannelLayer):
             dedupe_arg=3,
         )
         if not queued:
+            if metrics.enabled:
+                metrics.layers.channel_full(self, "send")
             raise ChannelFull(channel)
+        if metrics.enabled:
+            metrics.layers.sent(self)
 
     async def receive(self, channel: str) -> Message:
         """Wait for and return the next unexpired message on ``channel``.
@@ -833,8 +846,12 @@ class RedisChannelLayer(RedisSettings, BaseChannelLayer):
                     f"{channel!r} was not made by this layer's new_channel(); a process can "
                     "only receive on its own process-specific channels"
                 )
-            return await self._receive_specific(channel)
-        return await self._receive_normal(channel)
+            message = await self._receive_specific(channel)
+        else:
+            message = await self._receive_normal(channel)
+        if metrics.enabled:
+            metrics.layers.received(self)
+        return message
 
     async def _receive_normal(self, channel: str) -> Message:
         key, index, _ = self._route(channel)
@@ -868,6 +885,8 @@ class RedisChannelLayer(RedisSettings, BaseChannelLayer):
             first = element.index(b":")
             second = element.index(b":", first + 1)
             if int(element[:first]) <= shard.clock.now_ms():
+                if metrics.enabled:
+                    metrics.layers.expired(self)
                 return None
             return self._serializer.loads(memoryview(element)[second + 1 :])
         except Exception:
@@ -965,6 +984,8 @@ class RedisChannelLayer(RedisSettings, BaseChannelLayer):
             bar = element.index(b"|", second + 1)
             remaining_ms = int(element[:first]) - shard.clock.now_ms()
             if remaining_ms <= 0:
+                if metrics.enabled:
+                    metrics.layers.expired(self)
                 return
             names = element[second + 1 : bar].decode().split(",")
             serializer = self._serializer
@@ -979,6 +1000,8 @@ class RedisChannelLayer(RedisSettings, BaseChannelLayer):
                     name, message, deadline, self.get_capacity(name), self.max_buffered, False
                 ):
                     logger.debug("Dropped a message for %r: its local buffer is full", name)
+                    if metrics.enabled:
+                        metrics.layers.evicted(self)
         except Exception:
             logger.exception("Dropped an unreadable message from %s", self._process_key)
 
@@ -1013,6 +1036,17 @@ class RedisChannelLayer(RedisSettings, BaseChannelLayer):
                 if cursor == b"0":
                     break
         state.local.clear()
+
+    def metrics_state(self) -> dict[str, float]:
+        """Buffered messages and outages of this process, for the metrics."""
+        states = list(self._states.values())
+        now = _monotonic()
+        down = [s.outage_since for st in states for s in st.shards if s.outage_since is not None]
+        return {
+            "buffered": sum(state.local.buffered for state in states),
+            "redis_unavailable": len(down),
+            "redis_unavailable_seconds": sum(now - since for since in down),
+        }
 
     async def ping(self) -> None:
         """``PING`` every shard over this event loop's own connections (for readiness checks).
@@ -1105,7 +1139,7 @@ class RedisChannelLayer(RedisSettings, BaseChannelLayer):
         home = state.shards[shard_index(group, self.ring_size)]
         what = f"group_send to {group!r}"
         if self.ring_size == 1 and not self.channel_capacity:
-            full = await self._run_script(
+            full, reached = await self._run_script(
                 home,
                 scripts.GROUP_SEND,
                 (group_key,),
@@ -1127,6 +1161,9 @@ class RedisChannelLayer(RedisSettings, BaseChannelLayer):
                 home, scripts.GROUP_MEMBERS, (group_key,), (self._group_ttl_ms,), what
             )
             full = await self._push_to_members(state, members, payload, what)
+            reached = len(members)
+        if metrics.enabled:
+            metrics.layers.group_sent(self, reached - full, full)
         if full:
             logger.info("group_send to %r skipped %d full channel(s)", group, full)
 

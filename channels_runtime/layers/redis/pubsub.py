@@ -86,6 +86,7 @@ import anyio
 import anyio.abc
 import anyio.lowlevel
 
+from ... import metrics
 from ...compat.wakeup import Wakeup, new_wakeup
 from ..base import BaseChannelLayer, CapacityPattern, Message
 from .core import RedisUnavailable
@@ -474,6 +475,8 @@ class RedisPubSubChannelLayer(RedisSettings, BaseChannelLayer):
         payload = self._serializer.dumps(message, channel)
         topic, index, head = self._route(channel)
         await self._publish(index, topic, head + payload if head else payload, channel, "send")
+        if metrics.enabled:
+            metrics.layers.sent(self)
 
     async def group_send(self, group: str, message: Message) -> None:
         """Publish ``message`` once to ``group``'s topic; every process with
@@ -483,7 +486,9 @@ class RedisPubSubChannelLayer(RedisSettings, BaseChannelLayer):
         self.require_valid_group_name(group)
         payload = self._serializer.dumps(message, f"group {group}")
         topic, index = self._group_topic(group)
-        await self._publish(index, topic, payload, group, "group_send")
+        reached = await self._publish(index, topic, payload, group, "group_send")
+        if metrics.enabled:  # fan-out: the subscribed processes Redis forwarded it to
+            metrics.layers.group_sent(self, reached)
 
     async def _publish(self, index: int, topic: bytes, payload: bytes, name: str, op: str) -> int:
         """``PUBLISH``, retried on a fresh connection while the retry budget
@@ -581,6 +586,8 @@ class RedisPubSubChannelLayer(RedisSettings, BaseChannelLayer):
                 if deadline > now:
                     pending = candidate
                     break
+                if metrics.enabled:
+                    metrics.layers.expired(self)
             if pending is None:
                 waiter = _Waiter(rec)
                 rec.waiters.append(waiter)
@@ -597,6 +604,8 @@ class RedisPubSubChannelLayer(RedisSettings, BaseChannelLayer):
             # a group message's members each decode their own copy, in their
             # own time, and a dropped message is never decoded at all.
             if isinstance(pending, dict):
+                if metrics.enabled:
+                    metrics.layers.received(self)
                 return pending
             try:
                 message = self._serializer.loads(pending)
@@ -604,6 +613,8 @@ class RedisPubSubChannelLayer(RedisSettings, BaseChannelLayer):
                 logger.exception("Dropped an unreadable message on %r", channel)
                 continue
             if type(message) is dict:
+                if metrics.enabled:
+                    metrics.layers.received(self)
                 return message
             logger.error("Dropped a message on %r that is not a dict: %r", channel, message)
 
@@ -671,6 +682,8 @@ class RedisPubSubChannelLayer(RedisSettings, BaseChannelLayer):
                     dropped += 1
                 state.buffered -= dropped
                 logger.debug("Dropped %d expired message(s) queued for %r", dropped, rec.name)
+                if metrics.enabled:
+                    metrics.layers.expired(self, dropped)
             if queue:
                 self._schedule(state, rec, queue[0][0])
             elif not rec.waiters and not rec.groups:
@@ -910,6 +923,8 @@ class RedisPubSubChannelLayer(RedisSettings, BaseChannelLayer):
                 logger.debug(
                     "Dropped a message for %r: its queue is full (%d)", rec.name, rec.capacity
                 )
+                if metrics.enabled:
+                    metrics.layers.evicted(self)
                 return
             if state.buffered >= self.max_buffered:
                 logger.debug(
@@ -917,6 +932,8 @@ class RedisPubSubChannelLayer(RedisSettings, BaseChannelLayer):
                     rec.name,
                     self.max_buffered,
                 )
+                if metrics.enabled:
+                    metrics.layers.evicted(self)
                 return
             queue.append((now + self.expiry, message))
         else:
@@ -941,6 +958,8 @@ class RedisPubSubChannelLayer(RedisSettings, BaseChannelLayer):
                 sub.outage_seconds(),
                 len(sub.wanted),
             )
+            if metrics.enabled:
+                metrics.layers.reconnected(self, sub.outage_seconds())
             sub.outage_since = None
         if not sub.wanted:
             self._resubscribed(state, sub)
@@ -1125,7 +1144,18 @@ class RedisPubSubChannelLayer(RedisSettings, BaseChannelLayer):
             topic, index = self._group_topic(group)
             self._unwant(state, index, topic)
 
-    # -- readiness ------------------------------------------------------------------------
+    # -- readiness and metrics ------------------------------------------------------------
+
+    def metrics_state(self) -> dict[str, float]:
+        """Queued messages, groups with local members and outages, for the metrics."""
+        states = list(self._states.values())
+        down = [s.outage_seconds() for st in states for s in st.subscribers if s.outage_since]
+        return {
+            "buffered": sum(state.buffered for state in states),
+            "groups": sum(len(state.groups) for state in states),
+            "redis_unavailable": len(down),
+            "redis_unavailable_seconds": sum(down),
+        }
 
     async def ping(self) -> None:
         """``PING`` every server over this event loop's own publishing connections

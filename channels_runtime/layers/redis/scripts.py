@@ -110,7 +110,7 @@ return redis.call('ZRANGE', KEYS[1], 0, -1)
 #: have the default capacity. KEYS[1] group; ARGV: channel-key prefix,
 #: process-key prefix, element header, payload, capacity, ttl ms, group ttl ms,
 #: dedupe flag. Members on the same process list share one element. Returns how
-#: many members were full.
+#: many members (process lists counting once) were full, and how many there were.
 GROUP_SEND = Script(
     _PRELUDE
     + """
@@ -143,7 +143,7 @@ for i = 1, #order do
     full = full + 1
   end
 end
-return full
+return {full, #members}
 """
 )
 
