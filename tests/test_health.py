@@ -23,12 +23,14 @@ from typing import Any
 import anyio
 import httpx
 import pytest
+import yaml
 from conftest import postgres_settings
 from e2e_app.harness import Server, base_env, cli_command
 from redis_server import RedisServer
 
 from channels_runtime import cli
 from channels_runtime.layers.redis import RedisChannelLayer, RedisPubSubChannelLayer
+from channels_runtime.server.config import load_toml
 from channels_runtime.server.health import (
     LOOP_ANSWER_GRACE,
     Check,
@@ -513,3 +515,60 @@ def test_database_readiness(tmp_path: Path) -> None:
                 assert elapsed < 1.5 + 0.8, elapsed
         finally:
             server.close()
+
+
+# -- the deployment examples in docs/serving.md -------------------------------------
+
+SERVING_DOC = Path(__file__).resolve().parent.parent / "docs" / "serving.md"
+
+
+def _blocks(language: str) -> list[str]:
+    return re.findall(rf"^```{language}\n(.*?)\n```$", SERVING_DOC.read_text(), re.S | re.M)
+
+
+def test_serving_doc_toml_blocks_pass_the_checks(tmp_path: Path) -> None:
+    blocks = _blocks("toml")
+    assert any("drain_seconds" in block for block in blocks)
+    for number, block in enumerate(blocks):
+        path = tmp_path / f"block{number}.toml"
+        path.write_text(block)
+        load_toml(path)  # raises ConfigError naming the key
+
+
+def test_kubernetes_example_is_consistent(tmp_path: Path) -> None:
+    (block,) = [b for b in _blocks("yaml") if "terminationGracePeriodSeconds" in b]
+    config_map, deployment = yaml.safe_load_all(block)
+    toml = tmp_path / "hypercorn.toml"
+    toml.write_text(config_map["data"]["hypercorn.toml"])
+    settings = load_toml(toml)
+
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    (mount,) = container["volumeMounts"]
+    assert pod["volumes"][0]["configMap"]["name"] == config_map["metadata"]["name"]
+    config_flag = container["command"].index("--config")
+    assert container["command"][config_flag + 1] == mount["mountPath"] + "/hypercorn.toml"
+
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    assert ports["ops"] == int(settings["metrics_bind"].rpartition(":")[2])
+    assert ports["http"] == int(settings["bind"][0].rpartition(":")[2])
+    for probe, path in [
+        ("startupProbe", "/healthz"),
+        ("livenessProbe", "/healthz"),
+        ("readinessProbe", "/readyz"),
+    ]:
+        assert container[probe]["httpGet"] == {"path": path, "port": "ops"}, probe
+    # The kubelet's default 1 s probe timeout must leave room for the checks.
+    assert container["readinessProbe"]["timeoutSeconds"] > (
+        settings["readiness_timeout"] + LOOP_ANSWER_GRACE
+    )
+    # Long enough for the drain, the graceful period and the supervisor's allowance.
+    shutdown = (
+        settings["drain_seconds"]
+        + settings["graceful_timeout"]
+        + settings["shutdown_timeout"]
+        + 5.0
+    )
+    assert pod["terminationGracePeriodSeconds"] > shutdown
+    readiness = container["readinessProbe"]
+    assert settings["drain_seconds"] >= readiness["periodSeconds"] * readiness["failureThreshold"]
