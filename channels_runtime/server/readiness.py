@@ -123,11 +123,12 @@ class SupervisorReadiness:
         ready, detail = self.own.check()
         if not ready:
             return False, f"supervisor {detail}"
-        serving = sum(1 for state in self.children.values() if state is ServerState.SERVING)
+        # A copy made in one step: the main thread updates the dict while an
+        # endpoint's thread reads it.
+        children = list(self.children.items())
+        serving = sum(1 for _, state in children if state is ServerState.SERVING)
         others = sorted(
-            f"{pid} {state.label}"
-            for pid, state in self.children.items()
-            if state is not ServerState.SERVING
+            f"{pid} {state.label}" for pid, state in children if state is not ServerState.SERVING
         )
         summary = f"{serving} of {self.workers} workers serving"
         if others:
