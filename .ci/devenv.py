@@ -27,7 +27,9 @@ status is the command's; its status 5 (no test collected) fails like any other.
 Environment:
 
 ``CHANNELS_RUNTIME_VENV``     the virtualenv to use or create (default: ``.venv`` in the checkout)
-``CHANNELS_RUNTIME_REQUIRE``  extra requirements installed with the package, separated
+``CHANNELS_RUNTIME_EXTRAS``   more extras of the package to install, separated by commas,
+                              e.g. ``compat-graphql-ws`` (CI's second run)
+``CHANNELS_RUNTIME_REQUIRE``  more requirements installed with the package, separated
                               by spaces, e.g. ``Django>=4.2,<5`` (CI's second run)
 ``PYTHON``                    the interpreter that creates the virtualenv (default ``python3``;
                               read by the two shell scripts)
@@ -85,6 +87,12 @@ def extra_requirements() -> list[str]:
     return os.environ.get("CHANNELS_RUNTIME_REQUIRE", "").split()
 
 
+def with_extra_extras(extras: tuple[str, ...]) -> tuple[str, ...]:
+    """``extras`` and those ``CHANNELS_RUNTIME_EXTRAS`` adds, each once, in order."""
+    more = os.environ.get("CHANNELS_RUNTIME_EXTRAS", "").replace(",", " ").split()
+    return tuple(dict.fromkeys([*extras, *more]))
+
+
 def venv_environ(venv: Path) -> dict[str, str]:
     """The environment of an activated ``venv``."""
     env = dict(os.environ)
@@ -122,6 +130,7 @@ def ensure_venv(extras: tuple[str, ...]) -> Path:
     venv = venv_dir()
     if not venv_python(venv).exists():
         create_venv(venv)
+    extras = with_extra_extras(extras)
     require = extra_requirements()
     missing = missing_in_venv(venv, extras, require)
     if not missing:
@@ -315,7 +324,7 @@ def test(args: list[str]) -> int:
     for service in SERVICES:
         start_service(*service)
     command = [str(venv_python(venv)), "-m", "pytest", *args]
-    say(f"{' '.join(command[1:])}   (in {ROOT}, virtualenv {venv})")
+    say(f"python -m pytest {' '.join(args)}  (in {ROOT}, virtualenv {venv})")
     status = subprocess.run(command, cwd=ROOT, env=venv_environ(venv), check=False).returncode
     if status == 5:
         say("pytest collected no test: that is a failure")

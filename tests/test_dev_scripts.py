@@ -112,6 +112,18 @@ def _version(name: str) -> str:
     return metadata.version(name)
 
 
+def test_more_extras_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("CHANNELS_RUNTIME_EXTRAS", raising=False)
+    assert devenv.with_extra_extras(("tests", "docs")) == ("tests", "docs")
+    monkeypatch.setenv("CHANNELS_RUNTIME_EXTRAS", "compat-graphql-ws, docs,redis")
+    assert devenv.with_extra_extras(("tests", "docs")) == (
+        "tests",
+        "docs",
+        "compat-graphql-ws",
+        "redis",
+    )
+
+
 def test_this_virtualenv_needs_no_install_for_either_command() -> None:
     """Run as the scripts run it: a subprocess in the virtualenv's own interpreter."""
     if not Path(channels_runtime.__file__).resolve().is_relative_to(ROOT):
