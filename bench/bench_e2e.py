@@ -75,6 +75,19 @@ VARIANTS = [
             ("unfixed", "Hypercorn fixes off", (("CHANNELS_RUNTIME_HYPERCORN_FIXES", "0"),)),
         )
     ),
+    # ... and the cost of Prometheus metrics (docs/metrics.md): the same server counting
+    # everything, its metrics bind open (nothing scrapes it; a scrape is off the hot path).
+    *(
+        Variant(
+            f"serve-{loop}-metrics",
+            f"channels_runtime, `serve -k {loop}`, metrics on",
+            "serve",
+            "runtime_app",
+            loop,
+            config='metrics_bind = "127.0.0.1:0"\n',
+        )
+        for loop in ("asyncio", "trio")
+    ),
     Variant("channels-hypercorn", "Channels 4.2, Hypercorn asyncio", "hypercorn", "channels_app"),
     Variant("channels-daphne", "Channels 4.2, Daphne", "daphne", "channels_app"),
 ]
@@ -356,6 +369,32 @@ def targets(results: Results) -> list[str]:
             m("sync", "ours-asyncio", rps) / m("sync", CHANNELS_BASE, rps),
             ">=",
             1.5,
+        ),
+        # Prometheus metrics may cost at most 3 % (docs/metrics.md).
+        *(
+            check
+            for loop in ("asyncio", "trio")
+            for check in (
+                (
+                    f"echo round trips/s, metrics on ÷ off, `serve -k {loop}`",
+                    m("echo", f"serve-{loop}-metrics", rps) / m("echo", f"serve-{loop}", rps),
+                    ">=",
+                    0.97,
+                ),
+                (
+                    f"echo server CPU per round trip, metrics off ÷ on, `serve -k {loop}`",
+                    cpu("echo", f"serve-{loop}") / cpu("echo", f"serve-{loop}-metrics"),
+                    ">=",
+                    0.97,
+                ),
+                (
+                    f"broadcast p50, metrics on ÷ off, `serve -k {loop}`",
+                    m("bcast", f"serve-{loop}-metrics", "all_p50_ms")
+                    / m("bcast", f"serve-{loop}", "all_p50_ms"),
+                    "<=",
+                    1.03,
+                ),
+            )
         ),
     ]
     lines = ["| target | measured | goal | met |", "| --- | --- | --- | --- |"]

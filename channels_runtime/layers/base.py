@@ -15,6 +15,8 @@ from collections.abc import Mapping
 from re import Pattern
 from typing import Any, ClassVar
 
+from ..metrics import layers as layer_metrics
+
 Message = dict[str, Any]
 CapacityPattern = str | Pattern[str]
 
@@ -84,6 +86,7 @@ class BaseChannelLayer:
         self.expiry = expiry
         self.capacity = capacity
         self.channel_capacity = compile_capacities(channel_capacity)
+        layer_metrics.track(self)  # its label; the manager names it by alias
 
     # -- capacity helpers -------------------------------------------------
 

