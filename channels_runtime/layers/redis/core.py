@@ -47,6 +47,7 @@ from .hosts import (
     open_connection,
     shard_index,
 )
+from .ping import ping_servers
 from .protocol import CONNECTION_ERRORS, Connection, ReplyError, encode_command
 from .settings import RedisSettings
 
@@ -1051,39 +1052,16 @@ class RedisChannelLayer(RedisSettings, BaseChannelLayer):
     async def ping(self) -> None:
         """``PING`` every shard over this event loop's own connections (for readiness checks).
 
-        A failed attempt is retried once, at once, on a fresh connection: a pooled
-        one may predate a Redis restart, which ordinary commands also shrug off.
-        There is no backoff and no retry budget; the caller bounds the time
-        (``socket_timeout`` bounds each reply). Raises :class:`RedisUnavailable`
-        naming the server that did not answer.
+        Raises :class:`RedisUnavailable` naming the server that did not answer;
+        see :func:`~channels_runtime.layers.redis.ping.ping_servers`.
         """
-        for shard in self._state().shards:
-            error: BaseException | None = None
-            for _attempt in range(2):
-                try:
-                    conn = await shard.lease()
-                except _FAILURES as exc:
-                    error = exc
-                    continue
-                try:
-                    with anyio.fail_after(self.socket_timeout):
-                        reply = await conn.request("PING")
-                except _FAILURES as exc:
-                    await shard.discard(conn)
-                    error = exc
-                    continue
-                except BaseException:
-                    await shard.discard(conn, fault=False)
-                    raise
-                await shard.release(conn)
-                if not isinstance(reply, ReplyError):
-                    error = None
-                    break
-                error = reply
-            if error is not None:
-                raise RedisUnavailable(
-                    f"Redis at {shard.spec.describe()} did not answer PING: {error!r}"
-                ) from error
+        await ping_servers(
+            self._state().shards,
+            _Shard.lease,
+            socket_timeout=self.socket_timeout,
+            failures=_FAILURES,
+            unavailable=RedisUnavailable,
+        )
 
     async def close(self) -> None:
         """Close this event loop's idle connections and drop its buffered messages.

@@ -98,6 +98,7 @@ from .hosts import (
     open_connection,
     shard_index,
 )
+from .ping import ping_servers
 from .protocol import CONNECTION_ERRORS, Connection, ProtocolError, ReplyError
 from .settings import RedisSettings, check_positive
 from .subscriber import Subscriber
@@ -1161,35 +1162,14 @@ class RedisPubSubChannelLayer(RedisSettings, BaseChannelLayer):
         """``PING`` every server over this event loop's own publishing connections
         (for readiness checks); see :meth:`RedisChannelLayer.ping
         <channels_runtime.layers.redis.core.RedisChannelLayer.ping>`."""
-        for pool in self._state().pools:
-            error: BaseException | None = None
-            for _attempt in range(2):
-                try:
-                    conn = await pool.lease(self.connect_timeout)
-                except _FAILURES as exc:
-                    error = exc
-                    continue
-                try:
-                    with anyio.fail_after(self.socket_timeout):
-                        reply = await conn.request("PING")
-                except _FAILURES as exc:
-                    await pool.discard(conn)
-                    error = exc
-                    continue
-                except BaseException:
-                    await pool.discard(conn, fault=False)
-                    raise
-                await pool.release(conn)
-                if not isinstance(reply, ReplyError):
-                    error = None
-                    break
-                error = reply
-            if error is not None:
-                raise RedisUnavailable(
-                    f"Redis at {pool.spec.describe()} did not answer PING: {error!r}"
-                ) from error
-
-    # -- flush and close -------------------------------------------------------------------
+        connect_timeout = self.connect_timeout
+        await ping_servers(
+            self._state().pools,
+            lambda pool: pool.lease(connect_timeout),
+            socket_timeout=self.socket_timeout,
+            failures=_FAILURES,
+            unavailable=RedisUnavailable,
+        )
 
     async def flush(self) -> None:
         """Drop this event loop's queued messages, group memberships and idle
