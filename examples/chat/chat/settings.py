@@ -7,6 +7,8 @@ configuring to try it. A few can be changed through the environment:
 ``DJANGO_SECRET_KEY``     the signing key; the default is public, so never deploy it
 ``DJANGO_ALLOWED_HOSTS``  comma-separated host names (default: local addresses only)
 ``CHAT_DATABASE``         path of the SQLite file (default: ``db.sqlite3`` next to manage.py)
+``CHAT_REDIS_URL``        a Redis URL: use the Redis channel layer, for several processes
+``CHAT_PRESENCE_LEASE``   seconds before a dead process's members leave the list (default 15)
 """
 
 import os
@@ -100,6 +102,15 @@ DATABASES = {
 CHANNEL_LAYERS = {
     "default": {"BACKEND": "channels_runtime.layers.InMemoryChannelLayer"},
 }
+if os.environ.get("CHAT_REDIS_URL"):
+    CHANNEL_LAYERS["default"] = {
+        "BACKEND": "channels_runtime.layers.redis.RedisChannelLayer",
+        "CONFIG": {"hosts": [os.environ["CHAT_REDIS_URL"]]},
+    }
+
+# Who is in a room (docs/presence.md): how long the members of a server
+# process that died without saying goodbye stay listed.
+CHANNELS_PRESENCE = {"lease_seconds": float(os.environ.get("CHAT_PRESENCE_LEASE") or 15)}
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},

@@ -1,8 +1,10 @@
 // The chat page: one WebSocket per room, reopened with backoff when it drops.
 //
 // Protocol (see rooms/consumers.py): we send {"text": "..."}; the server sends
-// "welcome" (who we are + recent history) after each (re)connect, "message"
-// for every message in the room, and "error" when it refuses ours.
+// "welcome" (who we are + recent history + who is here) after each
+// (re)connect, "message" for every message in the room, "error" when it
+// refuses ours, and, because we ask with ?presence=1, "presence.join" and
+// "presence.leave" as connections come and go.
 "use strict";
 
 (function () {
@@ -18,7 +20,11 @@
   const errorEl = document.getElementById("composer-error");
 
   const scheme = window.location.protocol === "https:" ? "wss://" : "ws://";
-  const url = scheme + window.location.host + chat.dataset.wsPath;
+  const url = scheme + window.location.host + chat.dataset.wsPath + "?presence=1";
+  const membersEl = document.getElementById("members");
+  const memberCountEl = document.getElementById("member-count");
+  // Present connections by id; shown one line per person (two tabs: "ann ×2").
+  const present = new Map();
 
   // Reconnect delays: 0.5 s doubling up to 30 s, each scaled by a random
   // 50-100 % so that many tabs do not all come back in the same instant
@@ -76,6 +82,30 @@
     list.append(item);
   }
 
+  function renderMembers() {
+    const people = new Map();
+    present.forEach(function (member) {
+      // Signed-in users are one person however many tabs; each visitor is one.
+      const key = member.user === null ? "#" + member.id : "u" + member.user;
+      const person = people.get(key) || { name: member.name, tabs: 0, since: member.since };
+      person.tabs += 1;
+      person.since = Math.min(person.since, member.since);
+      people.set(key, person);
+    });
+    const sorted = Array.from(people.values()).sort(function (a, b) {
+      return a.since - b.since;
+    });
+    membersEl.replaceChildren(
+      ...sorted.map(function (person) {
+        const item = document.createElement("li");
+        item.className = "member";
+        item.textContent = person.tabs > 1 ? person.name + " ×" + person.tabs : person.name;
+        return item;
+      })
+    );
+    memberCountEl.textContent = "(" + sorted.length + ")";
+  }
+
   function scrollToEnd() {
     list.scrollTop = list.scrollHeight;
   }
@@ -87,6 +117,11 @@
     list.replaceChildren();
     seen.clear();
     data.history.forEach(render);
+    present.clear();
+    (data.members || []).forEach(function (member) {
+      present.set(member.id, member);
+    });
+    renderMembers();
     list.removeAttribute("aria-busy");
     scrollToEnd();
     attempt = 0;
@@ -112,6 +147,12 @@
         const atEnd = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
         render(data);
         if (atEnd) scrollToEnd();
+      } else if (data.type === "presence.join") {
+        present.set(data.member.id, data.member);
+        renderMembers();
+      } else if (data.type === "presence.leave") {
+        present.delete(data.member.id);
+        renderMembers();
       } else if (data.type === "error") {
         showError(data.error);
       }
