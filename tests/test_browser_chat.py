@@ -405,6 +405,18 @@ def test_two_browsers_chat_and_come_back_after_a_restart(
                 expect_connected(page)
             check_keyboard(alice)
 
+            # Who is here, live: both visitors; a third tab shows up, and drops
+            # out when it closes.
+            here = alice.get_by_role("list", name="People in #lobby").get_by_role("listitem")
+            expect(here).to_have_count(2)
+            extra = contexts[1].new_page()
+            extra.goto("/chat/lobby/", timeout=WAIT_MS)
+            expect_connected(extra)
+            expect(here).to_have_count(3)
+            expect(alice.locator("#member-count")).to_have_text("(3)")
+            extra.close()
+            expect(here).to_have_count(2)
+
             send(alice, "hello from alice")
             for page in (alice, bob):
                 expect_message(page, "anonymous", "hello from alice")
@@ -432,6 +444,10 @@ def test_two_browsers_chat_and_come_back_after_a_restart(
             for page in (alice, bob):
                 expect_message(page, "anonymous", "still here after the restart")
             expect(messages(alice).get_by_role("listitem")).to_have_count(3)
+            # The member list is rebuilt on reconnect, not doubled.
+            for page in (alice, bob):
+                people = page.get_by_role("list", name="People in #lobby")
+                expect(people.get_by_role("listitem")).to_have_count(2)
 
             screenshot(alice, tmp_path / f"chat-{worker_class}.png")
             alice.emulate_media(color_scheme="dark")
