@@ -19,7 +19,7 @@ from .compat.asyncio_on_trio import raise_if_asyncio_on_trio
 from .compat.backend import ensure_bridge
 from .db import _open_wrappers as _db_connections
 from .db import aclose_old_connections, close_pass_due, database_sync_to_async
-from .dispatch import Dispatch, dispatch_serially
+from .dispatch import dispatch_serially
 from .exceptions import StopConsumer
 from .layers import get_channel_layer
 from .metrics import consumers as consumer_metrics
@@ -82,10 +82,8 @@ class AsyncConsumer:
             sources.append(self.channel_receive)
         self.base_send = send
         try:
-            dispatch: Dispatch = self.dispatch
-            if metrics.enabled:
-                dispatch = consumer_metrics.instrument(dispatch)
-            await dispatch_serially(sources, dispatch)
+            observe = consumer_metrics.observe if metrics.enabled else None
+            await dispatch_serially(sources, self.dispatch, observe)
         except StopConsumer:
             pass
         except (RuntimeError, TypeError, AttributeError) as exc:

@@ -26,6 +26,7 @@ import httpx
 import pytest
 from e2e_app.harness import Server, base_env, children_of, cli_command
 from prometheus_client.parser import text_string_to_metric_families
+from test_metrics_docs import dashboard_metric_names
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
@@ -263,6 +264,14 @@ def check_exposition(server: MetricsServer, workers: int) -> None:
     for metric in core.REGISTRY.values():
         assert metric.name.removesuffix("_total") in names
     assert "process_resident_memory_bytes" in names
+    # Everything the Grafana dashboard and the documented alert rules query is
+    # in this scrape, as a sample or (nothing counted yet) as a family.
+    exposed = {name for name, _ in samples} | {
+        family.name + suffix
+        for family in families
+        for suffix in ("", "_total", "_bucket", "_count", "_sum")
+    }
+    assert dashboard_metric_names() <= exposed, dashboard_metric_names() - exposed
     resident = [labels for name, labels in samples if name == "process_resident_memory_bytes"]
     if workers == 1:
         assert resident == [()]

@@ -102,6 +102,9 @@ def parse_bind(bind: str) -> tuple[str, int]:
 
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True  # a stuck client never holds up stop()
+    #: handle_request() waits this long for the connection it was told of, should
+    #: it have vanished since, so the serving thread never stops listening for stop().
+    timeout = 1.0
     owner: MetricsServer
 
     def __init__(self, address: tuple[str, int], family: socket.AddressFamily) -> None:

@@ -50,6 +50,11 @@ class up. Each change fixes one behaviour of Hypercorn 0.17.3 and 0.18.0:
   Hypercorn's handshake parser raise ``UnicodeDecodeError`` (on the trio
   worker without these fixes, that stops the worker). Here such a handshake
   is invalid and answered with 400 (:class:`TolerantHandshake`).
+
+Not a fix but the same seam: with metrics on (:mod:`channels_runtime.metrics`),
+the stream is where a connection is known to be accepted, the close code it
+ends with is final, and each frame's bytes on the wire are known, so it reports
+them, one line each.
 """
 
 from __future__ import annotations
