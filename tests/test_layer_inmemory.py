@@ -19,6 +19,7 @@ import pytest
 
 from channels_runtime.exceptions import ChannelFull
 from channels_runtime.layers import InMemoryChannelLayer, get_channel_layer
+from channels_runtime.layers import inmemory as inmemory_module
 from channels_runtime.layers.inmemory import copy_message
 
 pytestmark = pytest.mark.anyio
@@ -331,14 +332,20 @@ async def test_expired_messages_free_their_capacity() -> None:
     assert await layer.receive("exp.cap") == {"n": 2}
 
 
-async def test_abandoned_channels_are_released_after_expiry() -> None:
-    layer = InMemoryChannelLayer(expiry=0.2)  # room for 5000 sends on a slow machine
+async def test_abandoned_channels_are_released_after_expiry(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The layer's clock is stepped by hand: 5000 sends may take longer than any
+    # short expiry on a loaded machine, which made a real-time version flaky.
+    now = [time.monotonic()]
+    monkeypatch.setattr(inmemory_module, "_monotonic", lambda: now[0])
+    layer = InMemoryChannelLayer(expiry=0.2)
     names = [f"abandoned.{i}" for i in range(5000)]  # above the dict-shrink threshold
     for name in names:
         await layer.send(name, {"type": "x"})
     await layer.group_add("room", names[0])
     assert len(layer._channels) == 5000
-    await anyio.sleep(0.25)
+    now[0] += 0.25
     # send() leaves other channels alone, as Channels' does: their expired messages
     # are still listed, as in Channels' channels dict ...
     await layer.send("someone.else", {"type": "x"})
