@@ -49,18 +49,21 @@ class Publisher:
         self.pid = os.getpid()
         self.path = self.directory / f"{self.pid}.json"
         self._temporary = self.directory / f"{self.pid}.json.tmp"
+        self.include_process = include_process
         self._process_registry: Any = None
         self._failing = False
-        if include_process:
+
+    def _process_samples(self) -> list[Any]:
+        if not self.include_process:
+            return []
+        if self._process_registry is None:
+            # Made at the first flush, not before the server starts: importing
+            # prometheus_client would delay every worker's startup.
             from prometheus_client import CollectorRegistry, GCCollector, ProcessCollector
 
             self._process_registry = CollectorRegistry(auto_describe=False)
             ProcessCollector(registry=self._process_registry)
             GCCollector(registry=self._process_registry)
-
-    def _process_samples(self) -> list[Any]:
-        if self._process_registry is None:
-            return []
         return [
             [family.name, family.type, family.documentation, family.unit,
              [[s.name, s.labels, s.value] for s in family.samples]]
