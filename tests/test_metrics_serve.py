@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -405,3 +406,35 @@ def test_two_workers_sum_survive_a_reload_and_a_sigkill(
         assert not list(temp.iterdir()), "the metrics directory was left behind"
     finally:
         server.close()
+
+
+def test_a_bad_metrics_bind_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    from channels_runtime.cli import main
+
+    assert main(["serve", "tests.metrics_app.asgi", "--metrics-bind", "9100"]) == 2
+    assert "--metrics-bind: invalid value '9100'" in capsys.readouterr().err
+
+
+def test_a_busy_metrics_port_stops_the_server(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        server = MetricsServer(
+            [
+                *cli_command(),
+                "serve",
+                "tests.metrics_app.asgi",
+                "-b",
+                "127.0.0.1:0",
+                "--metrics-bind",
+                f"127.0.0.1:{port}",
+            ],
+            log_path=tmp_path / "server.log",
+            env=base_env(),
+        )
+        try:
+            assert server.wait() == 1
+            assert f"Cannot listen on 127.0.0.1:{port}" in server.log()
+        finally:
+            server.close()
