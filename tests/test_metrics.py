@@ -40,7 +40,7 @@ from channels_runtime.metrics import catalog, core, layers
 from channels_runtime.metrics.aggregate import Aggregator
 from channels_runtime.metrics.exposition import MetricsServer, Request, Response, parse_bind
 from channels_runtime.metrics.publish import FLUSH_INTERVAL, Publisher, serve_publishing
-from channels_runtime.metrics.serving import metrics_bind
+from channels_runtime.metrics.serving import PREFIX, metrics_bind, sweep_stale_directories
 from channels_runtime.server.config import ConfigError, check_setting
 from channels_runtime.testing import WebsocketCommunicator
 
@@ -283,6 +283,17 @@ async def test_serve_publishing_raises_the_servers_own_exception(
     with pytest.raises(LookupError, match="startup failed"):
         await serve_publishing(publisher, serve)
     assert publisher.path.exists()  # the last flush still happened
+
+
+def test_directories_of_dead_runs_are_swept(tmp_path: Path) -> None:
+    dead = tmp_path / f"{PREFIX}999999999-x1"  # beyond any pid_max: no such process
+    alive = tmp_path / f"{PREFIX}{os.getpid()}-x2"
+    other = tmp_path / f"{PREFIX}abc"
+    for directory in (dead, alive, other):
+        directory.mkdir()
+        (directory / "1.json").write_text("{}")
+    assert sweep_stale_directories(tmp_path) == [dead]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([alive.name, other.name])
 
 
 def test_a_failing_flush_is_logged_once_and_never_raises(

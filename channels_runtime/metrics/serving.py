@@ -17,17 +17,44 @@ worker it reaps (:meth:`MetricsRun.worker_exited`), stopped on every way out.
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 import tempfile
+from pathlib import Path
 from typing import Any
 
 from ..server.config import ConfigError, check_setting
 from .exposition import MetricsServer, Request, Response
 
-__all__ = ["SETTING", "MetricsRun", "metrics_bind"]
+__all__ = ["PREFIX", "SETTING", "MetricsRun", "metrics_bind", "sweep_stale_directories"]
 
 #: The Django setting naming the metrics bind (the server setting wins over it).
 SETTING = "CHANNELS_RUNTIME_METRICS_BIND"
+
+#: A run's directory is ``<tempdir>/<PREFIX><pid of its owner>-<random>``.
+PREFIX = "channels-runtime-metrics-"
+
+
+def sweep_stale_directories(parent: str | os.PathLike[str] | None = None) -> list[Path]:
+    """Remove the metrics directories whose owner process is gone; return them.
+
+    A serve run removes its own directory on every way out but SIGKILL; the
+    next run on the machine removes what such a run left. Only directories of
+    this user whose owner pid no longer exists are touched.
+    """
+    removed = []
+    for path in Path(parent or tempfile.gettempdir()).glob(PREFIX + "*"):
+        owner = path.name[len(PREFIX) :].partition("-")[0]
+        try:
+            if not owner.isdigit() or path.stat().st_uid != os.getuid():
+                continue
+            os.kill(int(owner), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+        except OSError:
+            continue  # alive under another user, or vanished meanwhile
+    return removed
 
 
 def metrics_bind(config: Any) -> str | None:
@@ -70,7 +97,8 @@ class MetricsRun:
         from .aggregate import Aggregator
 
         self.supervised = supervised
-        self.directory = tempfile.mkdtemp(prefix="channels-runtime-metrics-")
+        sweep_stale_directories()
+        self.directory = tempfile.mkdtemp(prefix=f"{PREFIX}{os.getpid()}-")
         self.aggregator = Aggregator(self.directory, supervised=supervised)
         self.server = MetricsServer(bind, {"/metrics": self._metrics})
 
