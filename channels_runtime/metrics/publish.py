@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 import anyio
 
+from ..exception_groups import failures_in
 from . import core
 
 __all__ = ["FLUSH_INTERVAL", "Publisher", "serve_publishing"]
@@ -96,17 +97,6 @@ class Publisher:
             self.flush()
 
 
-def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
-    cancelled = anyio.get_cancelled_exc_class()
-    found: list[BaseException] = []
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            found.extend(_leaves(exc))
-        elif not isinstance(exc, cancelled):
-            found.append(exc)
-    return found
-
-
 async def serve_publishing(publisher: Publisher, serve: Callable[[], Awaitable[T]]) -> T:
     """Run ``serve()`` with metrics on, flushing them beside it; the last flush after it.
 
@@ -123,7 +113,7 @@ async def serve_publishing(publisher: Publisher, serve: Callable[[], Awaitable[T
             result.append(await serve())
             group.cancel_scope.cancel()
     except BaseExceptionGroup as exc_group:
-        leaves = _leaves(exc_group)
+        leaves = failures_in(exc_group)
         if len(leaves) == 1:
             raise leaves[0] from None
         raise

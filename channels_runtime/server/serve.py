@@ -49,6 +49,7 @@ from ..asgi import ASGIApp
 from ..compat import hypercorn_fixes
 from ..compat.hypercorn_fixes import tcp as connections
 from ..compat.hypercorn_serve import serve_hypercorn
+from ..exception_groups import failures_in
 from .health import HealthChecker, HealthEndpoints, health_routes, options_from_config
 from .readiness import ServerReadiness, ServerState
 from .shutdown import GracefulShutdown
@@ -132,17 +133,6 @@ class ServeResult:
     reason: str = "cancelled"
     forced: bool = False
     urls: list[str] = field(default_factory=list)
-
-
-def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
-    cancelled = anyio.get_cancelled_exc_class()
-    found: list[BaseException] = []
-    for exc in group.exceptions:
-        if isinstance(exc, BaseExceptionGroup):
-            found.extend(_leaves(exc))
-        elif not isinstance(exc, cancelled):
-            found.append(exc)
-    return found
 
 
 async def serve_until(
@@ -263,7 +253,7 @@ async def serve_until(
             group.start_soon(report_started)
             group.start_soon(run_hypercorn, group.cancel_scope)
     except BaseExceptionGroup as exc_group:
-        leaves = _leaves(exc_group)
+        leaves = failures_in(exc_group)
         if len(leaves) == 1:
             raise leaves[0] from None
         raise
