@@ -22,6 +22,7 @@ from channels_runtime.layers import get_channel_layer
 from channels_runtime.layers.inmemory import InMemoryChannelLayer
 from channels_runtime.layers.redis import RedisChannelLayer, RedisPubSubChannelLayer
 from channels_runtime.presence import PresenceMixin, SyncPresenceMixin, events_group
+from channels_runtime.presence.redis import HEARTBEAT, JOIN
 from channels_runtime.sync import async_to_sync, sync_to_async
 from channels_runtime.testing import WebsocketCommunicator
 
@@ -294,6 +295,67 @@ async def test_redis_restart_without_persistence_recovers(
                 await presence.leave(a, room, ca)
                 message = await receive_within(b, watcher)
                 assert (message["type"], message["channel"]) == ("presence.leave", ca)
+
+
+@pytest.fixture
+async def slow_first_connection(server: RedisServer) -> AsyncIterator[str]:
+    """A TCP proxy in front of the module's Redis whose *first* connection
+    answers 0.4 s late: a round trip on it runs on Redis at once, but its reply
+    reaches the client after the replies of later connections."""
+    first = True
+
+    async def relay(source: Any, sink: Any, delay: float) -> None:
+        async for data in source:
+            await anyio.sleep(delay)
+            await sink.send(data)
+        await sink.send_eof()
+
+    async def handle(client: Any) -> None:
+        nonlocal first
+        delay, first = (0.4 if first else 0.0), False
+        upstream = await anyio.connect_tcp("127.0.0.1", server.port)
+        async with client, upstream, anyio.create_task_group() as tg:
+            tg.start_soon(relay, client, upstream, 0.0)
+            tg.start_soon(relay, upstream, client, delay)
+
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    async with listener, anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, handle)
+        yield f"redis://127.0.0.1:{port}"
+        tg.cancel_scope.cancel()
+
+
+@pytest.mark.parametrize("kind", ["redis", "pubsub"])
+async def test_a_join_racing_the_first_heartbeat_is_no_lost_lease(
+    make_layer: Any,
+    kind: str,
+    server: RedisServer,
+    slow_first_connection: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The first heartbeat writes the lease on Redis ("added"), then a join
+    # completes before the heartbeat's reply is read. That "added" is the
+    # lease being written for the first time, not Redis having lost it; read
+    # as a loss it re-announced every member (a duplicate presence.join).
+    for script in (HEARTBEAT, JOIN):  # so each call is one round trip (no NOSCRIPT)
+        redis_call(server.port, "SCRIPT", "LOAD", script)
+    layer = make_layer(kind, slow_first_connection)
+    store = presence.configure(layer, lease_seconds=5).store
+    results: list[Any] = []
+
+    async def heartbeat() -> None:
+        results.append(await store.heartbeat())
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(heartbeat)
+        await anyio.sleep(0.15)  # the heartbeat's script has run; its reply is held
+        _, lost = await store.join("room", "chan.1", None, {"n": 1}, None)
+        assert not results  # the join finished first,
+        assert not lost  # (the heartbeat had written the lease)
+    assert results == [(False, [])]
+    assert [m.channel for m in await store.members("room")] == ["chan.1"]
+    assert "re-announcing" not in caplog.text
 
 
 async def test_works_from_sync_code(make_layer: Any) -> None:

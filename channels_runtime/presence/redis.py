@@ -278,8 +278,11 @@ class RedisStore:
         state = self._state()
         body = encode_body(user, meta)
         index, call = self._join_call(state.lease, group, channel, body, since)
+        # Read before the round trip: a heartbeat running meanwhile may write
+        # the lease first, and its "added" is then no sign of a lost lease.
+        written_before = state.registered[index]
         added, since_ms = await self._call(index, *call)
-        lost = bool(added) and state.registered[index]
+        lost = bool(added) and written_before
         state.registered[index] = True
         return decode_body(channel, body, int(since_ms) / 1_000_000), lost
 
@@ -325,13 +328,14 @@ class RedisStore:
         lost = False
         reaped: list[tuple[str, Member]] = []
         for index in range(self.ring_size):
+            written_before = state.registered[index]  # see join()
             added, flat = await self._call(
                 index,
                 HEARTBEAT,
                 [f"{self.base}:leases"],
                 [state.lease, self.lease_ms, self.base, _REAP_LIMIT],
             )
-            if added and state.registered[index]:
+            if added and written_before:
                 lost = True
             for i in range(0, len(flat), 3):
                 reaped.append((flat[i].decode(), _parse(flat[i + 1].decode(), flat[i + 2])[1]))
