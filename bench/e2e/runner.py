@@ -1,9 +1,11 @@
-"""Processes for the end-to-end benchmark: servers on CPU 0, the load generator on CPU 1.
+"""Processes for the benchmarks that run servers: servers on CPU 0, the load generator on CPU 1.
 
 Every server is a subprocess started from this folder (so the app modules import
 as top-level modules), pinned with ``taskset -c 0``; every load generator run is
 a Node.js subprocess pinned with ``taskset -c 1``. Both are always killed on the
-way out, and every wait is bounded.
+way out, and every wait is bounded. ``bench_e2e.py`` and ``bench_scale_out.py``
+start their servers through :func:`spawn`; ``bench_scale_out.py`` and
+``bench_redis_concurrency.py`` get a private Redis from :func:`redis_server`.
 """
 
 from __future__ import annotations
@@ -18,13 +20,11 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any
-
-import psutil
+from typing import Any, Protocol
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -111,6 +111,8 @@ class Server:
         self.variant = variant
         self.proc = proc
         self.port = port
+        import psutil  # imported here: bench_redis_concurrency.py runs without it
+
         self.ps = psutil.Process(proc.pid)
 
     def url(self, path: str) -> str:
@@ -125,44 +127,104 @@ class Server:
 
 
 @contextlib.contextmanager
-def running(variant: Variant, log: Path) -> Iterator[Server]:
-    """Start ``variant`` on a free port (CPU 0), wait until it accepts, stop it on exit."""
-    port = free_port()
-    env = dict(os.environ)
-    env.pop("DJANGO_SETTINGS_MODULE", None)  # each app module is its own settings
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(HERE), str(REPO), env.get("PYTHONPATH")]))
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(variant.env)
-    if variant.config:
-        variant.config_path().write_text(variant.config)
+def spawn(
+    name: str,
+    command: list[str],
+    port: int,
+    log: Path,
+    env: Iterable[tuple[str, str]] = (),
+    cpus: str = SERVER_CPU,
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Run ``command`` from this folder pinned to ``cpus``, its output appended to
+    ``log``; wait until it accepts on ``port``, and stop it (SIGTERM, then
+    SIGKILL) on the way out."""
+    environ = dict(os.environ)
+    environ.pop("DJANGO_SETTINGS_MODULE", None)  # each app module is its own settings
+    environ["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(HERE), str(REPO), environ.get("PYTHONPATH")])
+    )
+    environ["PYTHONUNBUFFERED"] = "1"
+    environ.update(env)
     with open(log, "ab") as out:
-        out.write(f"\n=== {variant.key} on port {port}\n".encode())
+        out.write(f"\n=== {name} on port {port}\n".encode())
         out.flush()
         proc = subprocess.Popen(
-            ["taskset", "-c", SERVER_CPU, *variant.command(port)],
+            ["taskset", "-c", cpus, *command],
             cwd=HERE,
-            env=env,
+            env=environ,
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,
         )
     try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while not _port_open(port):
-            if proc.poll() is not None:
-                raise RuntimeError(f"{variant.key} exited with {proc.returncode}; see {log}")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{variant.key} did not listen within {STARTUP_TIMEOUT}s")
-            time.sleep(0.05)
-        yield Server(variant, proc, port)
+        wait_for_port(port, proc, name, log)
+        yield proc
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
+        stop(proc)
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[bytes], name: str, log: Path | str) -> None:
+    """Wait until something accepts on ``port``; fail if ``proc`` exits first or
+    nothing listens within ``STARTUP_TIMEOUT``."""
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while not _port_open(port):
+        if proc.poll() is not None:
+            raise RuntimeError(f"{name} exited with {proc.returncode}; see {log}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{name} did not listen within {STARTUP_TIMEOUT}s")
+        time.sleep(0.05)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, and SIGKILL if that has not ended it within 10 s."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def running(variant: Variant, log: Path) -> Iterator[Server]:
+    """Start ``variant`` on a free port (CPU 0), wait until it accepts, stop it on exit."""
+    port = free_port()
+    if variant.config:
+        variant.config_path().write_text(variant.config)
+    with spawn(variant.key, variant.command(port), port, log, variant.env) as proc:
+        yield Server(variant, proc, port)
+
+
+@contextlib.contextmanager
+def redis_server(cpus: str | None = LOADGEN_CPU) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A private ``redis-server`` on a free port (no persistence, its own
+    directory), pinned to ``cpus`` (None: not pinned); yields its URL and process.
+
+    The benchmarks that compare layers on one Redis use their own server so that
+    nothing else talks to it while they measure, and so that its CPU time and
+    ``INFO commandstats`` belong to the run alone.
+    """
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit(
+            "redis-server is not installed (apt-get install redis-server), or pass --redis"
+        )
+    port = free_port()
+    workdir = tempfile.mkdtemp(prefix="bench-redis-")
+    command = [binary, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no"]
+    command += ["--dir", workdir]
+    if cpus is not None:
+        command = ["taskset", "-c", cpus, *command]
+    proc = subprocess.Popen(
+        command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        wait_for_port(port, proc, "redis-server", "(its output is discarded)")
+        yield f"redis://{HOST}:{port}/0", proc
+    finally:
+        stop(proc)
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def ensure_node_deps() -> None:
@@ -175,16 +237,31 @@ def ensure_node_deps() -> None:
     subprocess.run(["npm", "install", "--no-audit", "--no-fund"], cwd=HERE, check=True, timeout=300)
 
 
+class CpuClock(Protocol):
+    """Anything whose CPU time can be read: a :class:`Server`, or several processes."""
+
+    def cpu_seconds(self) -> float: ...
+
+
 def loadgen(
-    mode: str, options: dict[str, Any], server: Server | None = None, timeout: float = 120.0
+    mode: str,
+    options: dict[str, Any],
+    server: CpuClock | None = None,
+    timeout: float = 120.0,
+    clocks: Mapping[str, CpuClock] | None = None,
 ) -> dict[str, Any]:
     """Run the Node.js load generator on CPU 1 and return its JSON result.
 
     With ``server``, the result also gets ``server_cpu_s``: the server's CPU time
-    between the load generator's "mark begin" and "mark end" lines.
+    between the load generator's "mark begin" and "mark end" lines; every clock in
+    ``clocks`` adds ``<name>_cpu_s`` the same way. Marks with a tag ("mark begin
+    step3") give ``result["cpu"]["step3"][name]`` instead, one per measured step.
     """
     import json
 
+    every = dict(clocks or {})
+    if server is not None:
+        every["server"] = server
     command = ["taskset", "-c", LOADGEN_CPU, "node", str(HERE / "loadgen.mjs"), mode]
     for name, value in options.items():
         command += [f"--{name}", str(value)]
@@ -196,14 +273,19 @@ def loadgen(
     watchdog.start()
     try:
         assert proc.stdout is not None
-        cpu_begin = cpu_end = None
+        begun: dict[str, dict[str, float]] = {}
+        spent: dict[str, dict[str, float]] = {}
         last = ""
         for line in proc.stdout:
             line = line.strip()
-            if line == "mark begin" and server is not None:
-                cpu_begin = server.cpu_seconds()
-            elif line == "mark end" and server is not None:
-                cpu_end = server.cpu_seconds()
+            words = line.split()
+            if len(words) in (2, 3) and words[0] == "mark" and words[1] in ("begin", "end"):
+                tag = words[2] if len(words) == 3 else ""
+                now = {name: clock.cpu_seconds() for name, clock in every.items()}
+                if words[1] == "begin":
+                    begun[tag] = now
+                elif tag in begun:
+                    spent[tag] = {name: now[name] - begun[tag][name] for name in now}
             elif line:
                 last = line
         proc.wait(timeout=15)
@@ -211,8 +293,10 @@ def loadgen(
             assert proc.stderr is not None
             raise RuntimeError(f"load generator ({mode}) failed: {proc.stderr.read().strip()}")
         result: dict[str, Any] = json.loads(last)
-        if cpu_begin is not None and cpu_end is not None:
-            result["server_cpu_s"] = cpu_end - cpu_begin
+        for name, seconds in spent.pop("", {}).items():
+            result[f"{name}_cpu_s"] = seconds
+        if spent:
+            result["cpu"] = spent
         return result
     finally:
         watchdog.cancel()
@@ -263,6 +347,8 @@ def machine() -> str:
             if line.startswith("model name"):
                 model = line.split(":", 1)[1].strip()
                 break
+    import psutil
+
     memory = psutil.virtual_memory().total / 2**30
     node = subprocess.run(["node", "--version"], capture_output=True, text=True).stdout.strip()
     versions = ", ".join(
