@@ -1,0 +1,41 @@
+"""Redis Cluster support for the Redis layers: slots, the slot map, redirects,
+per-node pools and a router that runs commands on the right master.
+
+See ``docs/redis-cluster.md`` for the settings and the guarantees.
+"""
+
+from .client import ClusterRouter, ClusterUnavailable, Command, Target, slot_of
+from .pool import NodePool
+from .redirects import Redirect, parse_redirect
+from .settings import ClusterSpec, decode_cluster, find_cluster, is_cluster_entry
+from .sharded import ShardedPush, channels_by_node, parse_sharded_push
+from .slots import SLOT_COUNT, crc16, group_by_slot, hash_tag, key_slot
+from .topology import NodeAddress, Shard, Topology, TopologyError, fetch_topology
+
+__all__ = [
+    "SLOT_COUNT",
+    "ClusterRouter",
+    "ClusterSpec",
+    "ClusterUnavailable",
+    "Command",
+    "NodeAddress",
+    "NodePool",
+    "Redirect",
+    "Shard",
+    "ShardedPush",
+    "Target",
+    "Topology",
+    "TopologyError",
+    "channels_by_node",
+    "crc16",
+    "decode_cluster",
+    "fetch_topology",
+    "find_cluster",
+    "group_by_slot",
+    "hash_tag",
+    "is_cluster_entry",
+    "key_slot",
+    "parse_redirect",
+    "parse_sharded_push",
+    "slot_of",
+]
