@@ -307,7 +307,7 @@ async def test_fork_gets_a_new_token(layer: RedisChannelLayer) -> None:
         await layer.receive(before)
     await layer.send(after, {"child": True})
     assert await receive_within(layer, after) == {"child": True}
-    for shard in old_state.shards:
+    for shard in old_state.pools:
         await shard.close()
 
 
@@ -782,7 +782,7 @@ async def test_retried_send_is_not_queued_twice(layer: RedisChannelLayer) -> Non
     lost) is recognised by its element and not queued again."""
     from channels_runtime.layers.redis import scripts
 
-    shard = layer._state().shards[0]
+    shard = layer._state().pools[0]
     element = layer._header(shard) + b"payload"
     key = f"{layer.prefix}:ch:dedupe"
     for flag in (b"0", b"1", b"1"):

@@ -23,240 +23,33 @@ from __future__ import annotations
 
 import heapq
 import logging
-import os
 import random
-import string
 import time
-import weakref
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Unpack
 
 import anyio
 import anyio.lowlevel
 
 from ... import metrics
 from ...exceptions import ChannelFull
-from ..base import BaseChannelLayer, CapacityPattern, Message
+from ..base import CapacityPattern, Message
 from . import scripts
-from .hosts import (
-    HostSpec,
-    SentinelError,
-    ServerTime,
-    describe_all,
-    open_connection,
-    shard_index,
-)
-from .ping import ping_servers
-from .protocol import CONNECTION_ERRORS, Connection, ReplyError, encode_command
-from .settings import RedisSettings
+from .connections import FAILURES as _FAILURES
+from .connections import FAILURES_OR_REPLIES as _FAILURES_OR_REPLIES
+from .connections import TRANSIENT_REPLIES as _TRANSIENT_REPLIES
+from .connections import Pool, RedisUnavailable, Transient, loop_is_dead
+from .layer import ConnectionOptions, LoopState, RedisLayer
+from .protocol import Connection, ReplyError, encode_command
+from .queues import pop_live
 
 __all__ = ["RedisChannelLayer", "RedisUnavailable"]
 
 logger = logging.getLogger("channels_runtime.layers.redis")
 
 _monotonic = time.monotonic
-_LETTER_TABLE = bytes(ord(string.ascii_letters[i % 52]) for i in range(256))
-
-#: Error replies that mean "not now" rather than "wrong": the command was not
-#: run, so it is safe to retry, on a fresh connection (a READONLY replica is
-#: what a failed-over master looks like before Sentinel has told us, and
-#: UNBLOCKED is what a waiting BLPOP gets when its master is made a replica).
-#: The connection that got one is discarded with every idle one to that
-#: server, so the retry connects afresh, asking the sentinels again.
-_TRANSIENT_REPLIES = frozenset(
-    {"LOADING", "READONLY", "MASTERDOWN", "TRYAGAIN", "BUSY", "UNBLOCKED"}
-)
 _LOST = object()
-
-
-class RedisUnavailable(ConnectionError):
-    """Redis could not be reached, or the connection broke, within the layer's
-    retry budget. The operation may not have happened; a ``send`` that was
-    written before the connection broke may or may not have been queued."""
-
-
-class _Transient(Exception):
-    """A transient error reply, raised as a connection problem."""
-
-
-_FAILURES: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, SentinelError, _Transient)
-
-
-_FAILURES_OR_REPLIES: tuple[type[BaseException], ...] = (*_FAILURES, ReplyError)
-
-
-def _loop_is_dead(token: Any) -> bool:
-    """Whether the event loop behind an anyio native token has finished.
-
-    Duck-typed so no event-loop library is imported here: an asyncio loop has
-    ``is_closed()``; a trio token's ``run_sync_soon`` raises ``RunFinishedError``
-    (a ``RuntimeError``) once its run is over.
-    """
-    is_closed = getattr(token, "is_closed", None)
-    if is_closed is not None:
-        return bool(is_closed())
-    run_sync_soon = getattr(token, "run_sync_soon", None)
-    if run_sync_soon is not None:
-        try:
-            run_sync_soon(lambda: None)
-        except RuntimeError:
-            return True
-    return False
-
-
-class _Shard:
-    """One Redis server as seen from one event loop: its idle connections, the
-    cap on connections busy with ordinary commands, and its clock offset.
-
-    Blocking reads (``BLPOP``) get connections outside the cap: each waits for
-    as long as its receiver does, so counting them would let idle receivers
-    starve senders. After any connection failure the pool's generation moves on
-    and every connection of the old generation is closed instead of reused:
-    they very likely point at the same dead server process.
-    """
-
-    __slots__ = (
-        "busy",
-        "clock",
-        "generation",
-        "idle",
-        "index",
-        "layer",
-        "limit",
-        "open",
-        "outage_since",
-        "queue",
-        "spec",
-    )
-
-    def __init__(self, layer: RedisChannelLayer, index: int, spec: HostSpec) -> None:
-        self.layer = layer
-        self.index = index
-        self.spec = spec
-        self.idle: list[Connection] = []
-        self.open: set[Connection] = set()
-        self.busy = 0
-        self.limit = spec.max_connections or layer.max_connections
-        self.queue: deque[anyio.Event] = deque()
-        self.generation = 0
-        self.clock = layer._clocks[index]
-        self.outage_since: float | None = None
-
-    async def lease(self) -> Connection:
-        """A connection for one ordinary command (waits while the cap is reached)."""
-        if self.busy >= self.limit:
-            await self._wait_turn()
-        self.busy += 1
-        try:
-            return await self._take()
-        except BaseException:
-            self._done()
-            raise
-
-    async def _take(self) -> Connection:
-        idle = self.idle
-        while idle:
-            conn = idle.pop()
-            if conn.generation == self.generation:
-                return conn
-            await self._close([conn])
-        conn = await open_connection(
-            self.spec, self.generation, self.clock, self.layer.connect_timeout
-        )
-        self.open.add(conn)
-        return conn
-
-    async def _close(self, conns: list[Connection]) -> None:
-        """Close connections without waiting on their peers; shielded, so that a
-        cancellation arriving meanwhile cannot leave some of them open."""
-        with anyio.CancelScope(shield=True):
-            for conn in conns:
-                self.open.discard(conn)
-                await conn.aclose()
-
-    def abandon(self) -> None:
-        """The event loop these connections belong to has ended without
-        ``close()``: they cannot be closed the normal way any more, so shut their
-        sockets down, which makes the server drop them at once."""
-        for conn in self.open:
-            conn.abandon()
-        self.open.clear()
-        self.idle.clear()
-
-    async def _wait_turn(self) -> None:
-        while self.busy >= self.limit:
-            event = anyio.Event()
-            self.queue.append(event)
-            try:
-                await event.wait()
-            except BaseException:
-                try:
-                    self.queue.remove(event)
-                except ValueError:
-                    # We were woken and are leaving: wake the next in line instead.
-                    self._wake_next()
-                raise
-
-    def _wake_next(self) -> None:
-        if self.queue and self.busy < self.limit:
-            self.queue.popleft().set()
-
-    def _done(self) -> None:
-        self.busy -= 1
-        self._wake_next()
-
-    async def lease_blocking(self) -> Connection:
-        """A connection for a blocking read, not counted against the cap."""
-        return await self._take()
-
-    async def release(self, conn: Connection, *, blocking: bool = False) -> None:
-        """Take back a connection whose last reply was read in full."""
-        if not blocking:
-            self._done()
-        if conn.generation == self.generation and len(self.idle) < self.limit:
-            self.idle.append(conn)
-        else:
-            await self._close([conn])
-
-    async def discard(
-        self, conn: Connection, *, blocking: bool = False, fault: bool = True
-    ) -> None:
-        """Close a connection that cannot be reused. With ``fault``, it broke:
-        retire every idle connection of its generation as well."""
-        if not blocking:
-            self._done()
-        stale = [conn]
-        if fault and conn.generation == self.generation:
-            self.generation += 1
-            stale += self.idle
-            self.idle = []
-        await self._close(stale)
-
-    async def close(self) -> None:
-        """Close idle connections; busy ones are closed when they come back."""
-        self.generation += 1
-        stale, self.idle = self.idle, []
-        await self._close(stale)
-
-    def outage(self, exc: BaseException) -> None:
-        if self.outage_since is None:
-            self.outage_since = _monotonic()
-            logger.warning(
-                "Redis at %s is unreachable (%r); receivers will keep retrying",
-                self.spec.describe(),
-                exc,
-            )
-
-    def recovered(self) -> None:
-        if self.outage_since is not None:
-            lasted = _monotonic() - self.outage_since
-            logger.warning(
-                "Redis at %s is reachable again after %.1fs", self.spec.describe(), lasted
-            )
-            if metrics.enabled:
-                metrics.layers.reconnected(self.layer, lasted)
-            self.outage_since = None
 
 
 class _Waiter:
@@ -374,15 +167,7 @@ class _Local:
         buf = self.buffers.get(channel)
         if buf is None:
             return None
-        message = None
-        while buf:
-            deadline, candidate = buf.popleft()
-            self.buffered -= 1
-            if deadline > now:
-                message = candidate
-                break
-            if metrics.enabled:
-                metrics.layers.expired(self.layer)
+        message = pop_live(buf, now, self, self.layer)
         if not buf:
             del self.buffers[channel]
         return message
@@ -454,24 +239,19 @@ class _Local:
         self.buffered = 0
 
 
-class _LoopState:
-    """Everything the layer keeps that belongs to one event loop.
+class _LoopState(LoopState):
+    """What the layer keeps for one event loop: a connection pool per server
+    (``pools``, in ``hosts`` order) and the process-specific channels' buffers
+    and waiting receivers (``local``)."""
 
-    Connections (anyio streams) and events only work in the loop that made
-    them, so each running loop gets its own; the layer finds it from anyio's
-    native loop token. A loop that has finished is noticed the next time a
-    state is made, and its state dropped.
-    """
-
-    __slots__ = ("__weakref__", "local", "shards", "token_ref")
+    __slots__ = ("local",)
 
     def __init__(self, layer: RedisChannelLayer, token: Any) -> None:
-        self.token_ref = weakref.ref(token)
-        self.shards = [_Shard(layer, i, spec) for i, spec in enumerate(layer.hosts)]
+        super().__init__(layer, token)
         self.local = _Local(layer)
 
 
-class RedisChannelLayer(RedisSettings, BaseChannelLayer):
+class RedisChannelLayer(RedisLayer[_LoopState]):
     """A channel layer stored in Redis, configured like channels_redis.
 
     ``CHANNEL_LAYERS = {"default": {"BACKEND":
@@ -495,9 +275,6 @@ class RedisChannelLayer(RedisSettings, BaseChannelLayer):
     blpop_timeout: ClassVar[float] = 5.0
     #: How many messages the process reader takes per round trip.
     receive_batch: ClassVar[int] = 100
-    #: Receivers retry a lost Redis forever, backing off between these bounds.
-    backoff_min: ClassVar[float] = 0.05
-    backoff_max: ClassVar[float] = 2.0
 
     def __init__(
         self,
@@ -510,174 +287,56 @@ class RedisChannelLayer(RedisSettings, BaseChannelLayer):
         symmetric_encryption_keys: Iterable[str | bytes] | None = None,
         random_prefix_length: int = 12,
         serializer_format: str = "msgpack",
-        *,
-        max_message_size: int | None = 1024 * 1024,
-        max_connections: int = 64,
-        connect_timeout: float = 2.0,
-        socket_timeout: float = 10.0,
-        retry_budget: float = 2.0,
-        max_buffered: int = 10_000,
+        **options: Unpack[ConnectionOptions],
     ) -> None:
-        super().__init__(expiry=expiry, capacity=capacity, channel_capacity=channel_capacity)
-        self._configure_redis(
-            hosts=hosts,
-            prefix=prefix,
+        self.random_prefix_length = random_prefix_length
+        self._channel_prefix = f"{prefix}:ch:"
+        self._process_prefix = f"{prefix}:pr:"
+        self._group_prefix = f"{prefix}:gr:"
+        super().__init__(
+            hosts,
+            prefix,
             expiry=expiry,
             group_expiry=group_expiry,
+            capacity=capacity,
+            channel_capacity=channel_capacity,
             symmetric_encryption_keys=symmetric_encryption_keys,
             serializer_format=serializer_format,
-            max_message_size=max_message_size,
-            max_connections=max_connections,
-            connect_timeout=connect_timeout,
-            socket_timeout=socket_timeout,
-            retry_budget=retry_budget,
-            max_buffered=max_buffered,
+            **options,
         )
-        self.random_prefix_length = random_prefix_length
         self._expiry_ms = int(expiry * 1000)
         # Lists live until their newest message's deadline, plus a margin.
         self._ttl_ms = self._expiry_ms + 1000
         self._group_ttl_ms = int(group_expiry * 1000)
-        self._channel_prefix = f"{prefix}:ch:"
-        self._process_prefix = f"{prefix}:pr:"
-        self._group_prefix = f"{prefix}:gr:"
-        self._clocks = [ServerTime() for _ in self.hosts]
-        self._new_process()
 
-    def _new_process(self) -> None:
-        """Start afresh in this process: a new token for its specific channels
-        and no connections. Run at creation and again in a child after
-        ``fork()`` (a server that preloads the app): sharing the parent's token
-        would make both read each other's messages, and its sockets are the
-        parent's."""
-        self._pid = os.getpid()
-        #: Names this instance's specific channels: ``<prefix>.<token>!<local>``.
-        self.client_token = random.randbytes(12).translate(_LETTER_TABLE).decode()
+    def _token_changed(self) -> None:
         self._process_key = self._process_prefix + self.client_token
-        self._process_shard = shard_index(self.client_token, self.ring_size)
-        self._states: weakref.WeakKeyDictionary[Any, _LoopState] = weakref.WeakKeyDictionary()
-        self._last: _LoopState | None = None
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(hosts=[{describe_all(self.hosts)}], prefix={self.prefix!r})"
-
-    # -- per-loop state ---------------------------------------------------------
-
-    def _state(self) -> _LoopState:
-        token = anyio.lowlevel.current_token().native_token
-        state = self._last
-        if state is not None and state.token_ref() is token:
-            return state
-        if self._pid != os.getpid():
-            self._new_process()
-        state = self._states.get(token)
-        if state is None:
-            for other in list(self._states):
-                if _loop_is_dead(other):
-                    dead = self._states.pop(other, None)
-                    if dead is not None:
-                        for shard in dead.shards:
-                            shard.abandon()
-            state = self._states[token] = _LoopState(self, token)
-        self._last = state
-        return state
+    def _new_state(self, token: Any) -> _LoopState:
+        return _LoopState(self, token)
 
     # -- running commands ---------------------------------------------------------
 
-    async def _request(self, conn: Connection, args: tuple[Any, ...]) -> Any:
-        """Send one command and read its reply, re-sending an ``EVALSHA`` as
-        ``EVAL`` if the server has forgotten the script (it restarted)."""
-        with anyio.fail_after(self.socket_timeout):
-            reply = await conn.request(*args)
-            if isinstance(reply, ReplyError):
-                code = reply.code
-                if code == "NOSCRIPT" and args[0] == "EVALSHA":
-                    reply = await conn.request("EVAL", scripts.BY_SHA[args[1]].source, *args[2:])
-                    if not isinstance(reply, ReplyError):
-                        return reply
-                    code = reply.code
-                if code in _TRANSIENT_REPLIES:
-                    raise _Transient(str(reply))
-        return reply
-
-    async def _command(
-        self, shard: _Shard, build: Callable[[bool], tuple[Any, ...]], what: str
-    ) -> Any:
-        """Run the command ``build(maybe_applied)`` returns on ``shard``, retrying
-        on a fresh connection while the retry budget lasts.
-
-        ``maybe_applied`` is true when an earlier attempt was written before its
-        connection failed, so that it may have run: sends then deduplicate
-        server-side. The first retry is immediate (the usual failure is a pooled
-        connection left over from before a Redis restart), later ones back off.
-        Error replies are raised as :class:`~.protocol.ReplyError`.
-        """
-        attempts = 0
-        maybe_applied = False
-        deadline = 0.0
-        delay = self.backoff_min
-        while True:
-            args = build(maybe_applied)
-            written = False
-            try:
-                conn = await shard.lease()
-            except _FAILURES as exc:
-                error: BaseException = exc
-            else:
-                try:
-                    written = True
-                    reply = await self._request(conn, args)
-                except _FAILURES as exc:
-                    await shard.discard(conn)
-                    error = exc
-                    if isinstance(exc, _Transient):
-                        written = False
-                except BaseException:
-                    # Cancelled (or a bug) mid-command: the connection's state is unknown.
-                    await shard.discard(conn, fault=False)
-                    raise
-                else:
-                    await shard.release(conn)
-                    if isinstance(reply, ReplyError):
-                        raise reply
-                    return reply
-            maybe_applied = maybe_applied or written
-            attempts += 1
-            now = _monotonic()
-            if attempts == 1:
-                deadline = now + self.retry_budget
-            if now >= deadline:
-                raise RedisUnavailable(
-                    f"Redis at {shard.spec.describe()} is unavailable for {what}: {error!r} "
-                    f"(gave up after {attempts} attempt(s) in {self.retry_budget:g}s)"
-                ) from error
-            if attempts > 1:
-                await anyio.sleep(min(delay, deadline - now) * random.uniform(0.8, 1.0))
-                delay = min(delay * 2, self.backoff_max)
-
-    async def _simple(self, shard: _Shard, args: tuple[Any, ...], what: str) -> Any:
+    async def _simple(self, shard: Pool, args: tuple[Any, ...], what: str) -> Any:
         """Run an idempotent command (safe to repeat as is)."""
-        return await self._command(shard, lambda _: args, what)
+        return await self._command(shard, args, what)
 
     async def _run_script(
-        self, shard: _Shard, script: scripts.Script, keys: Sequence[Any], args: Sequence[Any],
-        what: str, dedupe_arg: int | None = None,
+        self, shard: Pool, script: scripts.Script, keys: Sequence[Any], args: Sequence[Any],
+        what: str, dedupe_arg: int | None = None, name: str | None = None,
     ) -> Any:  # fmt: skip
         """Run ``script``; if ``dedupe_arg`` is given, that argument becomes "1"
         on attempts after one that may have been applied."""
-        head = ("EVALSHA", script.sha, len(keys), *keys)
-
-        def build(maybe_applied: bool) -> tuple[Any, ...]:
-            if dedupe_arg is None or not maybe_applied:
-                return (*head, *args)
-            patched = list(args)
-            patched[dedupe_arg] = b"1"
-            return (*head, *patched)
-
-        return await self._command(shard, build, what)
+        return await self._command(
+            shard,
+            ("EVALSHA", script.sha, len(keys), *keys, *args),
+            what,
+            name,
+            -1 if dedupe_arg is None else 3 + len(keys) + dedupe_arg,
+        )
 
     async def _pop_blocking(
-        self, shard: _Shard, key: str, salvage: Callable[[bytes], Awaitable[None]]
+        self, shard: Pool, key: str, salvage: Callable[[bytes], Awaitable[None]]
     ) -> bytes | None:
         """One ``BLPOP`` on ``key``: the element, or ``None`` if it timed out.
 
@@ -714,13 +373,13 @@ class RedisChannelLayer(RedisSettings, BaseChannelLayer):
             # Not released: pooled again, a connection to a demoted master would
             # be picked by every retry, which would never ask Sentinel again.
             await shard.discard(conn, blocking=True)
-            raise _Transient(str(reply))
+            raise Transient(str(reply))
         await shard.release(conn, blocking=True)
         if isinstance(reply, ReplyError):
             raise reply
         return None if reply is None else reply[1]
 
-    async def _withdraw(self, shard: _Shard, conn: Connection) -> Any:
+    async def _withdraw(self, shard: Pool, conn: Connection) -> Any:
         """Interrupt the ``BLPOP`` pending on ``conn``; return its reply, or
         ``_LOST`` if that could not be done in time (the connection is closed).
 
@@ -750,7 +409,7 @@ class RedisChannelLayer(RedisSettings, BaseChannelLayer):
         await shard.discard(conn, blocking=True)
         return _LOST
 
-    async def _pop_batch(self, shard: _Shard, key: str) -> list[bytes]:
+    async def _pop_batch(self, shard: Pool, key: str) -> list[bytes]:
         """Take up to ``receive_batch`` messages without waiting. The reply is
         read shielded from cancellation: what Redis popped must reach us."""
         conn = await shard.lease()
@@ -770,14 +429,14 @@ class RedisChannelLayer(RedisSettings, BaseChannelLayer):
             raise
         if isinstance(reply, ReplyError) and reply.code in _TRANSIENT_REPLIES:
             await shard.discard(conn)  # as in _pop_blocking: make the retry reconnect
-            raise _Transient(str(reply))
+            raise Transient(str(reply))
         await shard.release(conn)
         if isinstance(reply, ReplyError):
             raise reply
         return reply or []
 
-    async def _backoff(self, shard: _Shard, exc: BaseException, delay: float) -> float:
-        shard.outage(exc)
+    async def _backoff(self, shard: Pool, exc: BaseException, delay: float) -> float:
+        shard.outage.failed(exc)
         await anyio.sleep(delay * random.uniform(0.75, 1.25))
         return min(delay * 2, self.backoff_max)
 
@@ -787,15 +446,15 @@ class RedisChannelLayer(RedisSettings, BaseChannelLayer):
         """Redis key, shard, and body prefix for a message to ``channel``."""
         bang = channel.find("!")
         if bang < 0:
-            return self._channel_prefix + channel, shard_index(channel, self.ring_size), b""
+            return self._channel_prefix + channel, self._shard_of(channel), b""
         token = channel[:bang].rpartition(".")[2]
         return (
             self._process_prefix + token,
-            shard_index(token, self.ring_size),
+            self._shard_of(token),
             channel.encode() + b"|",
         )
 
-    def _header(self, shard: _Shard) -> bytes:
+    def _header(self, shard: Pool) -> bytes:
         deadline = int(shard.clock.now_ms()) + self._expiry_ms
         return b"%d:%x:" % (deadline, random.getrandbits(64))
 
@@ -815,15 +474,16 @@ class RedisChannelLayer(RedisSettings, BaseChannelLayer):
         self.require_valid_channel_name(channel)
         payload = self._serializer.dumps(message, channel)
         key, index, body = self._route(channel)
-        shard = self._state().shards[index]
+        shard = self._state().pools[index]
         element = self._header(shard) + body + payload
         queued = await self._run_script(
             shard,
             scripts.SEND,
             (key,),
             (self.get_capacity(channel), self._ttl_ms, element, b"0"),
-            f"send to {channel!r}",
+            "send to",
             dedupe_arg=3,
+            name=channel,
         )
         if not queued:
             if metrics.enabled:
@@ -856,7 +516,7 @@ class RedisChannelLayer(RedisSettings, BaseChannelLayer):
 
     async def _receive_normal(self, channel: str) -> Message:
         key, index, _ = self._route(channel)
-        shard = self._state().shards[index]
+        shard = self._state().pools[index]
 
         async def put_back(element: bytes) -> None:
             try:
@@ -880,7 +540,7 @@ class RedisChannelLayer(RedisSettings, BaseChannelLayer):
                 if message is not None:
                     return message
 
-    def _decode(self, shard: _Shard, element: bytes, channel: str) -> Any:
+    def _decode(self, shard: Pool, element: bytes, channel: str) -> Any:
         """The message in a normal-channel element, or None if expired or unreadable."""
         try:
             first = element.index(b":")
@@ -935,7 +595,7 @@ class RedisChannelLayer(RedisSettings, BaseChannelLayer):
 
     def _check_single_reader(self, state: _LoopState) -> None:
         for token, other in list(self._states.items()):
-            if other is not state and other.local.reader is not None and not _loop_is_dead(token):
+            if other is not state and other.local.reader is not None and not loop_is_dead(token):
                 raise RuntimeError(
                     "Two event loops are receiving on this layer's process-specific channels "
                     "at once; use one layer instance per event loop"
@@ -943,7 +603,7 @@ class RedisChannelLayer(RedisSettings, BaseChannelLayer):
 
     async def _read_for_process(self, state: _LoopState, me: _Waiter) -> None:
         """Read the process list for every local receiver until ``me`` has a message."""
-        shard = state.shards[self._process_shard]
+        shard = state.pools[self._process_shard]
         key = self._process_key
 
         async def salvage(element: bytes) -> None:
@@ -976,7 +636,7 @@ class RedisChannelLayer(RedisSettings, BaseChannelLayer):
             for element in elements:
                 self._dispatch(state, shard, element)
 
-    def _dispatch(self, state: _LoopState, shard: _Shard, element: bytes) -> None:
+    def _dispatch(self, state: _LoopState, shard: Pool, element: bytes) -> None:
         """Hand one process-list element to its local receivers, or buffer it."""
         local = state.local
         try:
@@ -1013,19 +673,14 @@ class RedisChannelLayer(RedisSettings, BaseChannelLayer):
         channels travel through one Redis list read by whichever of its
         receivers is waiting.
         """
-        if self._pid != os.getpid():
-            self._new_process()
-        letters = random.randbytes(12).translate(_LETTER_TABLE).decode()
-        name = f"{prefix}.{self.client_token}!{letters}"
-        self.require_valid_channel_name(name)
-        return name
+        return self._new_channel_name(prefix)
 
     async def flush(self) -> None:
         """Delete every key under this layer's prefix on every shard, and drop
         buffered local messages. Waiting receivers keep waiting."""
         state = self._state()
         pattern = "".join("\\" + c if c in "*?[]\\" else c for c in self.prefix) + ":*"
-        for shard in state.shards:
+        for shard in state.pools:
             cursor = b"0"
             while True:
                 # SCAN then UNLINK rather than KEYS: never blocks the server for long.
@@ -1041,27 +696,10 @@ class RedisChannelLayer(RedisSettings, BaseChannelLayer):
     def metrics_state(self) -> dict[str, float]:
         """Buffered messages and outages of this process, for the metrics."""
         states = list(self._states.values())
-        now = _monotonic()
-        down = [s.outage_since for st in states for s in st.shards if s.outage_since is not None]
         return {
             "buffered": sum(state.local.buffered for state in states),
-            "redis_unavailable": len(down),
-            "redis_unavailable_seconds": sum(now - since for since in down),
+            **self._outage_metrics(states),
         }
-
-    async def ping(self) -> None:
-        """``PING`` every shard over this event loop's own connections (for readiness checks).
-
-        Raises :class:`RedisUnavailable` naming the server that did not answer;
-        see :func:`~channels_runtime.layers.redis.ping.ping_servers`.
-        """
-        await ping_servers(
-            self._state().shards,
-            _Shard.lease,
-            socket_timeout=self.socket_timeout,
-            failures=_FAILURES,
-            unavailable=RedisUnavailable,
-        )
 
     async def close(self) -> None:
         """Close this event loop's idle connections and drop its buffered messages.
@@ -1073,7 +711,7 @@ class RedisChannelLayer(RedisSettings, BaseChannelLayer):
         state = self._states.get(anyio.lowlevel.current_token().native_token)
         if state is None:
             return
-        for shard in state.shards:
+        for shard in state.pools:
             await shard.close()
         state.local.clear()
 
@@ -1081,20 +719,21 @@ class RedisChannelLayer(RedisSettings, BaseChannelLayer):
         """Add ``channel`` to ``group`` (or renew it) for ``group_expiry`` seconds."""
         self.require_valid_group_name(group)
         self.require_valid_channel_name(channel)
-        shard = self._state().shards[shard_index(group, self.ring_size)]
+        shard = self._state().pools[self._shard_of(group)]
         await self._run_script(
             shard,
             scripts.GROUP_ADD,
             (self._group_prefix + group,),
             (channel, self._group_ttl_ms),
-            f"group_add to {group!r}",
+            "group_add to",
+            name=group,
         )
 
     async def group_discard(self, group: str, channel: str) -> None:
         """Remove ``channel`` from ``group``; not an error if it is not in it."""
         self.require_valid_group_name(group)
         self.require_valid_channel_name(channel)
-        shard = self._state().shards[shard_index(group, self.ring_size)]
+        shard = self._state().pools[self._shard_of(group)]
         await self._simple(
             shard, ("ZREM", self._group_prefix + group, channel), f"group_discard from {group!r}"
         )
@@ -1114,7 +753,7 @@ class RedisChannelLayer(RedisSettings, BaseChannelLayer):
         payload = self._serializer.dumps(message, f"group {group}")
         state = self._state()
         group_key = self._group_prefix + group
-        home = state.shards[shard_index(group, self.ring_size)]
+        home = state.pools[self._shard_of(group)]
         what = f"group_send to {group!r}"
         if self.ring_size == 1 and not self.channel_capacity:
             full, reached = await self._run_script(
@@ -1163,7 +802,7 @@ class RedisChannelLayer(RedisSettings, BaseChannelLayer):
 
         async def push(index: int, targets: dict[str, list[Any]]) -> None:
             nonlocal full
-            shard = state.shards[index]
+            shard = state.pools[index]
             args: list[Any] = [self._header(shard), payload, self._ttl_ms, b"0"]
             for capacity, names in targets.values():
                 args.append(capacity)

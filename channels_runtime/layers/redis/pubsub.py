@@ -73,14 +73,11 @@ from __future__ import annotations
 import heapq
 import logging
 import math
-import os
 import random
-import string
 import time
-import weakref
 from collections import deque
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, ClassVar
+from collections.abc import Iterator, Sequence
+from typing import Any, ClassVar, Unpack
 
 import anyio
 import anyio.abc
@@ -88,19 +85,11 @@ import anyio.lowlevel
 
 from ... import metrics
 from ...compat.wakeup import Wakeup, new_wakeup
-from ..base import BaseChannelLayer, CapacityPattern, Message
-from .core import RedisUnavailable
-from .hosts import (
-    HostSpec,
-    SentinelError,
-    ServerTime,
-    describe_all,
-    open_connection,
-    shard_index,
-)
-from .ping import ping_servers
-from .protocol import CONNECTION_ERRORS, Connection, ProtocolError, ReplyError
-from .settings import RedisSettings, check_positive
+from ..base import Message
+from .connections import FAILURES, Outage, RedisUnavailable
+from .layer import LayerOptions, LoopState, RedisLayer
+from .protocol import Connection, ProtocolError, ReplyError
+from .queues import pop_live
 from .subscriber import Subscriber
 
 __all__ = ["RedisPubSubChannelLayer"]
@@ -111,14 +100,6 @@ _monotonic = time.monotonic
 #: What a local queue holds: a message as published (serialised, decoded by the
 #: receiver that takes it), or a notification dict made here.
 _Pending = bytes | memoryview | Message
-_LETTER_TABLE = bytes(ord(string.ascii_letters[i % 52]) for i in range(256))
-
-#: Error replies that mean "not now": the command was not run, so retry it.
-_TRANSIENT_REPLIES = frozenset({"LOADING", "READONLY", "MASTERDOWN", "TRYAGAIN", "BUSY"})
-
-
-class _Transient(Exception):
-    """A transient error reply to PUBLISH, retried like a connection failure."""
 
 
 class _Refused(Exception):
@@ -126,24 +107,8 @@ class _Refused(Exception):
     the ACL forbids): the connection is dropped and retried with backoff."""
 
 
-_FAILURES: tuple[type[BaseException], ...] = (*CONNECTION_ERRORS, SentinelError, _Transient)
 #: What makes the reader drop a subscribed connection and reconnect.
-_READER_FAILURES: tuple[type[BaseException], ...] = (*_FAILURES, _Refused, ReplyError)
-
-
-def _loop_is_dead(token: Any) -> bool:
-    """Whether the event loop behind an anyio native token has finished (an
-    asyncio loop is closed; a trio token refuses ``run_sync_soon``)."""
-    is_closed = getattr(token, "is_closed", None)
-    if is_closed is not None:
-        return bool(is_closed())
-    run_sync_soon = getattr(token, "run_sync_soon", None)
-    if run_sync_soon is not None:
-        try:
-            run_sync_soon(lambda: None)
-        except RuntimeError:
-            return True
-    return False
+_READER_FAILURES: tuple[type[BaseException], ...] = (*FAILURES, _Refused, ReplyError)
 
 
 class _Channel:
@@ -202,82 +167,12 @@ class _Waiter:
         self.started = 0.0
 
 
-class _Pool:
-    """Connections for ``PUBLISH`` to one server, from one event loop.
-
-    At most ``limit`` are in use at once. After a failure the generation moves
-    on and the idle connections of the old one are closed rather than reused:
-    they almost certainly lead to the same dead server process.
-    """
-
-    __slots__ = ("clock", "generation", "idle", "limit", "open", "semaphore", "spec")
-
-    def __init__(self, spec: HostSpec, limit: int) -> None:
-        self.spec = spec
-        self.limit = spec.max_connections or limit
-        self.semaphore = anyio.Semaphore(self.limit, fast_acquire=True)
-        self.idle: list[Connection] = []
-        self.open: set[Connection] = set()
-        self.generation = 0
-        self.clock = ServerTime()
-
-    async def lease(self, connect_timeout: float) -> Connection:
-        await self.semaphore.acquire()
-        try:
-            idle = self.idle
-            while idle:
-                conn = idle.pop()
-                if conn.generation == self.generation:
-                    return conn
-                await self._close([conn])
-            conn = await open_connection(self.spec, self.generation, self.clock, connect_timeout)
-        except BaseException:
-            self.semaphore.release()
-            raise
-        self.open.add(conn)
-        return conn
-
-    async def release(self, conn: Connection) -> None:
-        self.semaphore.release()
-        if conn.generation == self.generation and len(self.idle) < self.limit:
-            self.idle.append(conn)
-        else:
-            await self._close([conn])
-
-    async def discard(self, conn: Connection, *, fault: bool = True) -> None:
-        """Close ``conn``; with ``fault`` (it broke), retire its generation too."""
-        self.semaphore.release()
-        stale = [conn]
-        if fault and conn.generation == self.generation:
-            self.generation += 1
-            stale += self.idle
-            self.idle = []
-        await self._close(stale)
-
-    async def _close(self, conns: list[Connection]) -> None:
-        with anyio.CancelScope(shield=True):
-            for conn in conns:
-                self.open.discard(conn)
-                await conn.aclose()
-
-    async def close(self) -> None:
-        self.generation += 1
-        stale, self.idle = self.idle, []
-        await self._close(stale)
-
-    def abandon(self) -> None:
-        for conn in self.open:
-            conn.abandon()
-        self.open.clear()
-        self.idle.clear()
-
-
-class _LoopState:
-    """Everything the layer keeps for one event loop (sockets, events and the
-    waiters parked on them only work in the loop that made them)."""
+class _LoopState(LoopState):
+    """Everything the layer keeps for one event loop besides the publishing
+    pools (sockets, events and the waiters parked on them only work in the
+    loop that made them)."""
 
     __slots__ = (
-        "__weakref__",
         "buffered",
         "channels",
         "group_adds",
@@ -286,19 +181,19 @@ class _LoopState:
         "in_reader",
         "memberships",
         "poked",
-        "pools",
         "process_refs",
         "reader",
         "seq",
         "subscribers",
-        "token_ref",
         "waiters",
     )
 
     def __init__(self, layer: RedisPubSubChannelLayer, token: Any) -> None:
-        self.token_ref = weakref.ref(token)
-        self.subscribers = [Subscriber(i, spec) for i, spec in enumerate(layer.hosts)]
-        self.pools = [_Pool(spec, layer.max_connections) for spec in layer.hosts]
+        super().__init__(layer, token)
+        self.subscribers = [
+            Subscriber(i, spec, layer._clocks[i], Outage(layer, spec.describe()))
+            for i, spec in enumerate(layer.hosts)
+        ]
         self.channels: dict[str, _Channel] = {}
         #: group -> {member channel: monotonic time its membership ends}
         self.groups: dict[str, dict[str, float]] = {}
@@ -319,14 +214,17 @@ class _LoopState:
         #: Channels on this instance's process topic; it is wanted while > 0.
         self.process_refs = 0
 
+    def outages(self) -> Iterator[Outage]:
+        for sub in self.subscribers:
+            yield sub.outage
+
     def abandon(self) -> None:
         for sub in self.subscribers:
             sub.abandon()
-        for pool in self.pools:
-            pool.abandon()
+        super().abandon()
 
 
-class RedisPubSubChannelLayer(RedisSettings, BaseChannelLayer):
+class RedisPubSubChannelLayer(RedisLayer[_LoopState]):
     """A channel layer on Redis Pub/Sub, configured like channels_redis's.
 
     Lower latency than :class:`~.core.RedisChannelLayer` and nothing stored in
@@ -343,9 +241,6 @@ class RedisPubSubChannelLayer(RedisSettings, BaseChannelLayer):
 
     extensions: ClassVar[list[str]] = ["groups", "flush"]
 
-    #: Receivers retry a lost Redis forever, backing off between these bounds.
-    backoff_min: ClassVar[float] = 0.05
-    backoff_max: ClassVar[float] = 2.0
     #: Seconds of silence on a subscribed connection before the reader PINGs
     #: it; no answer within ``socket_timeout`` marks it dead. Catches a peer
     #: that vanished without closing (a network partition, a NAT timeout).
@@ -357,87 +252,27 @@ class RedisPubSubChannelLayer(RedisSettings, BaseChannelLayer):
         prefix: str = "asgi",
         on_disconnect: str | None = None,
         on_reconnect: str | None = None,
-        *,
-        expiry: float = 60,
-        group_expiry: float = 86400,
-        capacity: int = 100,
-        channel_capacity: Mapping[CapacityPattern, int] | None = None,
-        symmetric_encryption_keys: Iterable[str | bytes] | None = None,
-        serializer_format: str = "msgpack",
-        max_message_size: int | None = 1024 * 1024,
-        max_connections: int = 64,
-        connect_timeout: float = 2.0,
-        socket_timeout: float = 10.0,
-        retry_budget: float = 2.0,
-        max_buffered: int = 10_000,
+        **settings: Unpack[LayerOptions],
     ) -> None:
-        check_positive("expiry", expiry)
-        super().__init__(expiry=expiry, capacity=capacity, channel_capacity=channel_capacity)
         for name, value in (("on_disconnect", on_disconnect), ("on_reconnect", on_reconnect)):
             if value is not None and (not isinstance(value, str) or not value):
                 raise ValueError(
                     f"{name} must be a message type string such as 'redis.disconnect' "
                     f"(sent to local channels), got {value!r}"
                 )
-        self._configure_redis(
-            hosts=hosts,
-            prefix=prefix,
-            expiry=expiry,
-            group_expiry=group_expiry,
-            symmetric_encryption_keys=symmetric_encryption_keys,
-            serializer_format=serializer_format,
-            max_message_size=max_message_size,
-            max_connections=max_connections,
-            connect_timeout=connect_timeout,
-            socket_timeout=socket_timeout,
-            retry_budget=retry_budget,
-            max_buffered=max_buffered,
-        )
         self.on_disconnect = on_disconnect
         self.on_reconnect = on_reconnect
         self._topic_prefix = f"{prefix}:".encode()
         self._plen = len(self._topic_prefix)
         self._channel_topics = self._topic_prefix + b"ch:"
         self._group_topics = self._topic_prefix + b"gr:"
-        self._new_process()
+        super().__init__(hosts, prefix, **settings)
 
-    def _new_process(self) -> None:
-        """Start afresh in this process: a new token (sharing the parent's after
-        ``fork()`` would make both receive each other's messages) and no
-        connections (the parent's sockets are not ours to use)."""
-        self._pid = os.getpid()
-        #: Names this instance's specific channels: ``<prefix>.<token>!<local>``.
-        self.client_token = random.randbytes(12).translate(_LETTER_TABLE).decode()
+    def _token_changed(self) -> None:
         self._process_topic = self._topic_prefix + b"pr:" + self.client_token.encode()
-        self._process_shard = shard_index(self.client_token, self.ring_size)
-        self._states: weakref.WeakKeyDictionary[Any, _LoopState] = weakref.WeakKeyDictionary()
-        self._last: _LoopState | None = None
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(hosts=[{describe_all(self.hosts)}], prefix={self.prefix!r})"
-
-    def _state(self) -> _LoopState:
-        """This event loop's state, made on first use; the state of a loop that
-        has ended is dropped and its sockets shut down."""
-        token = anyio.lowlevel.current_token().native_token
-        state = self._last
-        if state is not None and state.token_ref() is token:
-            return state
-        if self._pid != os.getpid():
-            self._new_process()
-        state = self._states.get(token)
-        if state is None:
-            self._reap_dead_loops()
-            state = self._states[token] = _LoopState(self, token)
-        self._last = state
-        return state
-
-    def _reap_dead_loops(self) -> None:
-        for other in list(self._states):
-            if _loop_is_dead(other):
-                dead = self._states.pop(other, None)
-                if dead is not None:
-                    dead.abandon()
+    def _new_state(self, token: Any) -> _LoopState:
+        return _LoopState(self, token)
 
     # -- names ------------------------------------------------------------------------
 
@@ -447,18 +282,18 @@ class RedisPubSubChannelLayer(RedisSettings, BaseChannelLayer):
         if bang < 0:
             return (
                 self._channel_topics + channel.encode(),
-                shard_index(channel, self.ring_size),
+                self._shard_of(channel),
                 b"",
             )
         token = channel[:bang].rpartition(".")[2]
         return (
             self._topic_prefix + b"pr:" + token.encode(),
-            shard_index(token, self.ring_size),
+            self._shard_of(token),
             channel.encode() + b"|",
         )
 
     def _group_topic(self, group: str) -> tuple[bytes, int]:
-        return self._group_topics + group.encode(), shard_index(group, self.ring_size)
+        return self._group_topics + group.encode(), self._shard_of(group)
 
     # -- sending ------------------------------------------------------------------------
 
@@ -475,7 +310,7 @@ class RedisPubSubChannelLayer(RedisSettings, BaseChannelLayer):
         self.require_valid_channel_name(channel)
         payload = self._serializer.dumps(message, channel)
         topic, index, head = self._route(channel)
-        await self._publish(index, topic, head + payload if head else payload, channel, "send")
+        await self._publish(index, topic, head + payload if head else payload, channel, "send to")
         if metrics.enabled:
             metrics.layers.sent(self)
 
@@ -487,54 +322,17 @@ class RedisPubSubChannelLayer(RedisSettings, BaseChannelLayer):
         self.require_valid_group_name(group)
         payload = self._serializer.dumps(message, f"group {group}")
         topic, index = self._group_topic(group)
-        reached = await self._publish(index, topic, payload, group, "group_send")
+        reached = await self._publish(index, topic, payload, group, "group_send to")
         if metrics.enabled:  # fan-out: the subscribed processes Redis forwarded it to
             metrics.layers.group_sent(self, reached)
 
     async def _publish(self, index: int, topic: bytes, payload: bytes, name: str, op: str) -> int:
         """``PUBLISH``, retried on a fresh connection while the retry budget
-        lasts (the first retry at once: the usual failure is a pooled connection
-        left over from before a Redis restart). Returns the number of
-        subscribed connections Redis forwarded it to."""
-        pool = self._state().pools[index]
-        attempts = 0
-        deadline = 0.0
-        delay = self.backoff_min
-        while True:
-            try:
-                conn = await pool.lease(self.connect_timeout)
-            except _FAILURES as exc:
-                error: BaseException = exc
-            else:
-                try:
-                    with anyio.fail_after(self.socket_timeout):
-                        reply = await conn.request("PUBLISH", topic, payload)
-                except _FAILURES as exc:
-                    await pool.discard(conn)
-                    error = exc
-                except BaseException:
-                    # Cancelled mid-command: the connection's state is unknown.
-                    await pool.discard(conn, fault=False)
-                    raise
-                else:
-                    await pool.release(conn)
-                    if not isinstance(reply, ReplyError):
-                        return int(reply)
-                    if reply.code not in _TRANSIENT_REPLIES:
-                        raise reply
-                    error = reply
-            attempts += 1
-            now = _monotonic()
-            if attempts == 1:
-                deadline = now + self.retry_budget
-            if now >= deadline:
-                raise RedisUnavailable(
-                    f"Redis at {pool.spec.describe()} is unavailable for {op} to {name!r}: "
-                    f"{error!r} (gave up after {attempts} attempt(s) in {self.retry_budget:g}s)"
-                ) from error
-            if attempts > 1:
-                await anyio.sleep(min(delay, deadline - now) * random.uniform(0.8, 1.0))
-                delay = min(delay * 2, self.backoff_max)
+        lasts. Returns the number of subscribed connections Redis forwarded it to."""
+        reply = await self._command(
+            self._state().pools[index], ("PUBLISH", topic, payload), op, name
+        )
+        return int(reply)
 
     # -- receiving ------------------------------------------------------------------------
 
@@ -546,11 +344,7 @@ class RedisPubSubChannelLayer(RedisSettings, BaseChannelLayer):
         event loop waits for Redis (to subscribe this process's topic); it
         raises :class:`~.core.RedisUnavailable` if Redis is down meanwhile.
         """
-        if self._pid != os.getpid():
-            self._new_process()
-        letters = random.randbytes(12).translate(_LETTER_TABLE).decode()
-        name = f"{prefix}.{self.client_token}!{letters}"
-        self.require_valid_channel_name(name)
+        name = self._new_channel_name(prefix)
         state = self._state()
         rec = self._open(state, name, _monotonic())
         try:
@@ -579,16 +373,8 @@ class RedisPubSubChannelLayer(RedisSettings, BaseChannelLayer):
         if rec is None:
             rec = self._open(state, channel, now)
         while True:
-            pending = None
             queue = rec.queue
-            while queue:
-                deadline, candidate = queue.popleft()
-                state.buffered -= 1
-                if deadline > now:
-                    pending = candidate
-                    break
-                if metrics.enabled:
-                    metrics.layers.expired(self)
+            pending = pop_live(queue, now, state, self) if queue else None
             if pending is None:
                 waiter = _Waiter(rec)
                 rec.waiters.append(waiter)
@@ -952,30 +738,16 @@ class RedisPubSubChannelLayer(RedisSettings, BaseChannelLayer):
             self._connect_failed(state, sub, exc)
             return
         sub.delay = 0.0
-        if sub.outage_since is not None:
-            logger.warning(
-                "Redis at %s is reachable again after %.1fs; re-subscribing %d topic(s)",
-                sub.describe(),
-                sub.outage_seconds(),
-                len(sub.wanted),
-            )
-            if metrics.enabled:
-                metrics.layers.reconnected(self, sub.outage_seconds())
-            sub.outage_since = None
+        sub.outage.ended(detail=f"; re-subscribing {len(sub.wanted)} topic(s)")
         if not sub.wanted:
             self._resubscribed(state, sub)
 
     def _connect_failed(self, state: _LoopState, sub: Subscriber, exc: BaseException) -> None:
         now = anyio.current_time()
         sub.last_error = exc
-        if sub.outage_since is None:
-            sub.outage_since = _monotonic()
+        sub.outage.begin()
         if not sub.delay:  # the first failed attempt of this outage
-            logger.warning(
-                "Redis at %s is unreachable (%r); receivers will keep retrying",
-                sub.describe(),
-                exc,
-            )
+            sub.outage.announce(exc)
         sub.delay = self.backoff_min if not sub.delay else min(sub.delay * 2, self.backoff_max)
         sub.retry_at = now + sub.delay * random.uniform(0.75, 1.25)
         # Callers waiting for a subscription give up once the budget is spent.
@@ -1007,8 +779,7 @@ class RedisPubSubChannelLayer(RedisSettings, BaseChannelLayer):
         sub.last_error = exc
         sub.retry_at = 0.0
         sub.delay = 0.0
-        if sub.outage_since is None:
-            sub.outage_since = _monotonic()
+        sub.outage.begin()
         logger.warning(
             "Lost the Pub/Sub connection to Redis at %s (%r); reconnecting. "
             "Messages published until it is back are lost.",
@@ -1030,14 +801,14 @@ class RedisPubSubChannelLayer(RedisSettings, BaseChannelLayer):
         if not message_type:
             return
         now = _monotonic()
-        ring = self.ring_size
+        single = self.ring_size == 1
         outer, state.in_reader = state.in_reader, True
         try:
             for rec in list(state.channels.values()):
                 if (
-                    ring == 1
+                    single
                     or rec.shard == index
-                    or any(shard_index(g, ring) == index for g in rec.groups)
+                    or any(self._shard_of(g) == index for g in rec.groups)
                 ):
                     self._deliver(state, rec, {"type": message_type}, now)
         finally:
@@ -1150,26 +921,11 @@ class RedisPubSubChannelLayer(RedisSettings, BaseChannelLayer):
     def metrics_state(self) -> dict[str, float]:
         """Queued messages, groups with local members and outages, for the metrics."""
         states = list(self._states.values())
-        down = [s.outage_seconds() for st in states for s in st.subscribers if s.outage_since]
         return {
             "buffered": sum(state.buffered for state in states),
             "groups": sum(len(state.groups) for state in states),
-            "redis_unavailable": len(down),
-            "redis_unavailable_seconds": sum(down),
+            **self._outage_metrics(states),
         }
-
-    async def ping(self) -> None:
-        """``PING`` every server over this event loop's own publishing connections
-        (for readiness checks); see :meth:`RedisChannelLayer.ping
-        <channels_runtime.layers.redis.core.RedisChannelLayer.ping>`."""
-        connect_timeout = self.connect_timeout
-        await ping_servers(
-            self._state().pools,
-            lambda pool: pool.lease(connect_timeout),
-            socket_timeout=self.socket_timeout,
-            failures=_FAILURES,
-            unavailable=RedisUnavailable,
-        )
 
     async def flush(self) -> None:
         """Drop this event loop's queued messages, group memberships and idle

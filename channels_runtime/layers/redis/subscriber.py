@@ -33,6 +33,7 @@ from typing import Any
 
 import anyio
 
+from .connections import Outage
 from .hosts import HostSpec, ServerTime, open_connection
 from .protocol import Connection, encode_command
 
@@ -74,7 +75,7 @@ class Subscriber:
         "last_error",
         "last_heard",
         "lost_connection",
-        "outage_since",
+        "outage",
         "pinged_at",
         "retry_at",
         "spec",
@@ -82,10 +83,10 @@ class Subscriber:
         "wanted",
     )
 
-    def __init__(self, index: int, spec: HostSpec) -> None:
+    def __init__(self, index: int, spec: HostSpec, clock: ServerTime, outage: Outage) -> None:
         self.index = index
         self.spec = spec
-        self.clock = ServerTime()
+        self.clock = clock
         self.conn: Connection | None = None
         self.wanted: set[bytes] = set()
         self.waiters: dict[bytes, list[Any]] = {}
@@ -100,7 +101,8 @@ class Subscriber:
         #: Reconnection state, kept by the layer's reader (in anyio's clock).
         self.retry_at = 0.0
         self.delay = 0.0
-        self.outage_since: float | None = None
+        #: Whether the server is down as this loop's reader sees it.
+        self.outage = outage
         self.last_error: BaseException | None = None
         #: True from a lost connection until the re-subscription is confirmed.
         self.lost_connection = False
@@ -246,10 +248,5 @@ class Subscriber:
             return self.waiters.pop(topic, []), resubscribed
         return [], resubscribed
 
-    # -- outages --------------------------------------------------------------------------
-
     def describe(self) -> str:
         return self.spec.describe()
-
-    def outage_seconds(self) -> float:
-        return 0.0 if self.outage_since is None else time.monotonic() - self.outage_since
