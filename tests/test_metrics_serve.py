@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -438,3 +439,15 @@ def test_a_busy_metrics_port_stops_the_server(tmp_path: Path) -> None:
             assert f"Cannot listen on 127.0.0.1:{port}" in server.log()
         finally:
             server.close()
+
+
+def test_a_metrics_bind_without_prometheus_client_is_a_usage_error(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # sys.modules[name] = None is how Python spells "not installed" to find_spec.
+    monkeypatch.setitem(sys.modules, "prometheus_client", None)
+    from channels_runtime.cli import main
+
+    assert main(["serve", "tests.metrics_app.asgi", "--metrics-bind", "127.0.0.1:0"]) == 2
+    assert "metrics need the prometheus_client package" in caplog.text
+    assert "pip install 'channels-runtime[metrics]'" in caplog.text
