@@ -67,7 +67,7 @@ if not settings.configured:
 
     django.setup()
 
-from runner import redis_server
+from runner import recv_exactly, redis_info, redis_server, resp
 
 from channels_runtime.layers.redis import RedisChannelLayer as OurCore
 from channels_runtime.layers.redis import RedisPubSubChannelLayer as OurPubSub
@@ -114,44 +114,6 @@ PAIRS = [
 
 
 # -- Redis's own figures ---------------------------------------------------------------
-
-
-def _resp(*args: Any) -> bytes:
-    out = [b"*%d\r\n" % len(args)]
-    for arg in args:
-        data = arg if isinstance(arg, bytes) else str(arg).encode()
-        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
-    return b"".join(out)
-
-
-def _recv_exactly(sock: socket.socket, size: int) -> bytes:
-    chunks = []
-    while size:
-        chunk = sock.recv(min(size, 1 << 20))
-        if not chunk:
-            raise ConnectionError("Redis closed the connection")
-        chunks.append(chunk)
-        size -= len(chunk)
-    return b"".join(chunks)
-
-
-def _recv_line(sock: socket.socket) -> bytes:
-    data = b""
-    while not data.endswith(b"\r\n"):
-        chunk = sock.recv(1)
-        if not chunk:
-            raise ConnectionError("Redis closed the connection")
-        data += chunk
-    return data
-
-
-def redis_info(address: tuple[str, int], section: str) -> dict[str, str]:
-    """One ``INFO`` section as a dict (a short blocking connection of its own)."""
-    with socket.create_connection(address, timeout=5) as sock:
-        sock.sendall(_resp("INFO", section))
-        header = _recv_line(sock)
-        text = _recv_exactly(sock, int(header[1:]) + 2).decode()
-    return dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
 
 
 def redis_cpu(address: tuple[str, int]) -> float:
@@ -260,22 +222,22 @@ def ceiling_core(
     channel = b"specific.ceiling!abcdefghijkl"
     deadline_ms = int(time.time() * 1000) + 3_600_000
     element = b"%d:%x:%s|%s" % (deadline_ms, 0x1234ABCD, channel, msgpack.packb(MESSAGE))
-    send = _resp("EVALSHA", scripts.SEND.sha, 1, key, CAPACITY, 60_000, element, "0")
+    send = resp("EVALSHA", scripts.SEND.sha, 1, key, CAPACITY, 60_000, element, "0")
     request = send * batch
     reply = b":1\r\n" * batch
     left = batch
     while left:
         n = min(pop, left)
-        request += _resp("LPOP", key, pop)
+        request += resp("LPOP", key, pop)
         reply += b"*%d\r\n" % n + (b"$%d\r\n%s\r\n" % (len(element), element)) * n
         left -= n
     with socket.create_connection(address) as sock:
-        sock.sendall(_resp("SCRIPT", "LOAD", scripts.SEND.source))
-        _recv_exactly(sock, len(b"$40\r\n") + 40 + 2)
+        sock.sendall(resp("SCRIPT", "LOAD", scripts.SEND.source))
+        recv_exactly(sock, len(b"$40\r\n") + 40 + 2)
 
         def one_round() -> None:
             sock.sendall(request)
-            got = _recv_exactly(sock, len(reply))
+            got = recv_exactly(sock, len(reply))
             if got != reply:
                 raise RuntimeError(f"unexpected reply in the ceiling run: {got[:200]!r}")
 
@@ -292,24 +254,24 @@ def ceiling_pubsub(
 
     topic = f"{prefix}:pr:ceiling".encode()
     payload = b"specific.ceiling!abcdefghijkl|" + msgpack.packb(MESSAGE)
-    request = _resp("PUBLISH", topic, payload) * batch
+    request = resp("PUBLISH", topic, payload) * batch
     reply = b":1\r\n" * batch
     push = b"*3\r\n$7\r\nmessage\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (
         len(topic), topic, len(payload), payload,
     )  # fmt: skip
     pushes = push * batch
     with socket.create_connection(address) as pub, socket.create_connection(address) as sub:
-        subscribe = _resp("SUBSCRIBE", topic)
+        subscribe = resp("SUBSCRIBE", topic)
         sub.sendall(subscribe)
         confirm = b"*3\r\n$9\r\nsubscribe\r\n$%d\r\n%s\r\n:1\r\n" % (len(topic), topic)
-        _recv_exactly(sub, len(confirm))
+        recv_exactly(sub, len(confirm))
 
         def one_round() -> None:
             pub.sendall(request)
-            got = _recv_exactly(pub, len(reply))
+            got = recv_exactly(pub, len(reply))
             if got != reply:
                 raise RuntimeError(f"unexpected PUBLISH reply: {got[:200]!r}")
-            got = _recv_exactly(sub, len(pushes))
+            got = recv_exactly(sub, len(pushes))
             if got != pushes:
                 raise RuntimeError(f"unexpected push in the ceiling run: {got[:200]!r}")
 

@@ -4,6 +4,12 @@
 //   node loadgen.mjs bcast --url ws://127.0.0.1:PORT/bcast --trigger ws://.../trigger
 //                          --clients 500 --repeats 30
 //   node loadgen.mjs idle  --url ws://127.0.0.1:PORT/echo --conns 1000
+//   node loadgen.mjs rate  --url ws://.../member,ws://.../member --trigger ws://...,ws://...
+//                          --clients 1000 --limit 100
+//
+// bcast and rate take comma-separated lists for --url (members are spread over
+// them in turn) and --trigger (broadcasts go through them in turn), so the
+// clients of one run can be spread over several server processes.
 //
 // Prints one JSON object as its last line on stdout. Before it, "mark begin" and
 // "mark end" bracket the measured window (so the runner can read the server's
@@ -55,14 +61,16 @@ function cpuShare(from) {
 }
 
 // Open `count` connections, at most `batch` handshakes in flight at a time.
+// `url` may be a comma-separated list: connection i goes to url i mod n.
 async function openAll(url, count, batch = 50) {
+  const urls = url.split(",");
   const sockets = [];
   for (let start = 0; start < count; start += batch) {
     const wave = [];
     for (let i = start; i < Math.min(count, start + batch); i++) {
       wave.push(
         new Promise((resolve, reject) => {
-          const ws = new WebSocket(url, { perMessageDeflate: false });
+          const ws = new WebSocket(urls[i % urls.length], { perMessageDeflate: false });
           ws.once("open", () => resolve(ws));
           ws.once("error", (err) => reject(new Error(`connection ${i}: ${err.message}`)));
           ws.once("unexpected-response", (_req, res) =>
@@ -158,7 +166,8 @@ async function bcast() {
   const warmup = Number(args.warmup ?? 3);
   const pause = Number(args.pause ?? 20);
   const members = await openAll(args.url, clients);
-  const [trigger] = await openAll(args.trigger, 1);
+  const triggers = await openAll(args.trigger, args.trigger.split(",").length);
+  let sent = 0;
 
   let current = null; // { id, t0, remaining, latencies, resolve }
   for (const ws of members) {
@@ -175,7 +184,7 @@ async function bcast() {
     new Promise((resolve) => {
       current = { id, t0: 0, remaining: clients, latencies: [], resolve };
       current.t0 = performance.now();
-      trigger.send(id);
+      triggers[sent++ % triggers.length].send(id);
     }).then((lastAt) => {
       const result = { all: lastAt - current.t0, latencies: current.latencies };
       current = null;
@@ -205,7 +214,7 @@ async function bcast() {
     await sleep(pause);
   }
   process.stdout.write("mark end\n");
-  await closeAll([...members, trigger]);
+  await closeAll([...members, ...triggers]);
   allTimes.sort((a, b) => a - b);
   const med = (xs) => percentile([...xs].sort((a, b) => a - b), 50);
   return {
@@ -235,8 +244,169 @@ async function idle() {
   return { conns };
 }
 
-const modes = { echo, bcast, idle };
-if (!(args.mode in modes)) fail(`unknown mode ${args.mode}; use echo, bcast or idle`);
+// The sustained broadcast rate: `clients` members as in bcast; broadcasts are
+// sent at a fixed rate R (open loop: on schedule, whether or not earlier ones
+// have arrived) for a step of max(--step s, --min-broadcasts / R), and each is
+// timed until every member has it. A step passes when its p99 is at most
+// --limit ms and every broadcast reached every member within --drain s of the
+// step's end. R starts at --rate-start and is multiplied by --factor while
+// steps pass (divided while they fail, down to --rate-min), then --refine
+// bisection steps (geometric) narrow it between the last pass and the first
+// failure; a failed step is tried --retries more times (1) before its rate
+// counts as failed. Each step's window is marked "mark begin sN"/"mark end sN".
+async function rate() {
+  const clients = Number(args.clients ?? 1000);
+  const limit = Number(args.limit ?? 100);
+  const stepSeconds = Number(args.step ?? 2);
+  const minBroadcasts = Number(args["min-broadcasts"] ?? 20);
+  const factor = Number(args.factor ?? 1.5);
+  const rateMin = Number(args["rate-min"] ?? 1);
+  const rateMax = Number(args["rate-max"] ?? 5000);
+  const refine = Number(args.refine ?? 2);
+  const drainMs = Number(args.drain ?? 2) * 1000;
+  const quietMs = Number(args.quiet ?? 300);
+  const warmup = Number(args.warmup ?? 3);
+  const members = await openAll(args.url, clients);
+  const triggers = await openAll(args.trigger, args.trigger.split(",").length);
+
+  const pending = new Map(); // id -> { t0, remaining, done }
+  let lastArrival = performance.now();
+  let late = 0;
+  for (const ws of members) {
+    ws.on("message", (data) => {
+      const now = performance.now();
+      lastArrival = now;
+      const entry = pending.get(data.toString());
+      if (entry === undefined) {
+        late++; // a broadcast given up on after its step
+        return;
+      }
+      if (--entry.remaining === 0) {
+        entry.done(now - entry.t0);
+      }
+    });
+  }
+  const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+  let sent = 0;
+  const send = (id) =>
+    new Promise((resolve) => {
+      pending.set(id, { t0: performance.now(), remaining: clients, done: resolve });
+      triggers[sent++ % triggers.length].send(id);
+    }).then((ms) => {
+      pending.delete(id);
+      return ms;
+    });
+  // Wait until nothing has arrived for `quietMs` (a failed step's backlog drains).
+  const settle = async (maxMs) => {
+    const until = performance.now() + maxMs;
+    while (performance.now() - lastArrival < quietMs && performance.now() < until) {
+      await sleep(quietMs / 3);
+    }
+  };
+
+  for (let i = 0; i < warmup; i++) await send(`warmup ${i}`);
+  await settle(2000);
+
+  const steps = [];
+  const runStep = async (r) => {
+    const index = steps.length;
+    const count = Math.max(minBroadcasts, Math.round(r * stepSeconds));
+    const interval = 1000 / r;
+    const outcomes = [];
+    process.stdout.write(`mark begin s${index}\n`);
+    const mark = cpuMark();
+    const start = performance.now();
+    for (let i = 0; i < count; i++) {
+      const due = start + i * interval;
+      const wait = due - performance.now();
+      if (wait > 1) await sleep(wait);
+      outcomes.push(send(`s${index}-${i}`));
+    }
+    const sentFor = performance.now() - start;
+    const timedOut = Symbol("timed out");
+    const drained = await Promise.race([
+      Promise.all(outcomes),
+      sleep(drainMs).then(() => timedOut),
+    ]);
+    const loadgenCpu = cpuShare(mark);
+    const seconds = (performance.now() - start) / 1000;
+    process.stdout.write(`mark end s${index}\n`);
+    let times;
+    if (drained === timedOut) {
+      // Whatever has not arrived by now counts as infinitely late.
+      times = [];
+      for (const p of outcomes) {
+        times.push(await Promise.race([p, Promise.resolve(Infinity)]));
+      }
+      for (const [id] of pending) pending.delete(id);
+    } else {
+      times = drained;
+    }
+    times.sort((a, b) => a - b);
+    const incomplete = times.filter((t) => t === Infinity).length;
+    const step = {
+      rate: r,
+      achieved: (count - 1) / (sentFor / 1000),
+      broadcasts: count,
+      seconds,
+      incomplete,
+      p50_ms: percentile(times, 50),
+      p99_ms: percentile(times, 99),
+      loadgen_cpu: loadgenCpu,
+    };
+    step.pass = incomplete === 0 && step.p99_ms <= limit;
+    steps.push(step);
+    process.stderr.write(`rate ${r.toFixed(1)}/s: p50 ${step.p50_ms.toFixed(1)} ms, ` +
+      `p99 ${step.p99_ms.toFixed(1)} ms, ${incomplete} incomplete -> ${step.pass ? "pass" : "fail"}\n`);
+    await settle(drained === timedOut ? 15000 : 3000);
+    return step.pass;
+  };
+
+  // A failed step is run once more before R counts as failed: on a shared
+  // machine one stall of the server's CPU is enough to fail a step at any rate.
+  const retries = Number(args.retries ?? 1);
+  const tryRate = async (r) => {
+    for (let attempt = 0; attempt <= retries; attempt++) {
+      if (await runStep(r)) return true;
+    }
+    return false;
+  };
+  let lo = 0; // highest rate that passed
+  let hi = Infinity; // lowest rate that failed
+  let r = Number(args["rate-start"] ?? 5);
+  if (await tryRate(r)) {
+    lo = r;
+    while (r * factor <= rateMax) {
+      r *= factor;
+      if (await tryRate(r)) lo = r;
+      else {
+        hi = r;
+        break;
+      }
+    }
+  } else {
+    hi = r;
+    while (r / factor >= rateMin) {
+      r /= factor;
+      if (await tryRate(r)) {
+        lo = r;
+        break;
+      }
+      hi = r;
+    }
+  }
+  for (let i = 0; i < refine && lo > 0 && hi !== Infinity; i++) {
+    const mid = Math.sqrt(lo * hi);
+    if (await tryRate(mid)) lo = mid;
+    else hi = mid;
+  }
+  await closeAll([...members, ...triggers]);
+  return { clients, limit_ms: limit, sustained_rate: lo, first_failure: hi === Infinity ? null : hi,
+           late, steps };
+}
+
+const modes = { echo, bcast, idle, rate };
+if (!(args.mode in modes)) fail(`unknown mode ${args.mode}; use echo, bcast, idle or rate`);
 modes[args.mode]()
   .then((result) => {
     clearTimeout(deadline);

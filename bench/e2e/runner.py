@@ -237,6 +237,48 @@ def ensure_node_deps() -> None:
     subprocess.run(["npm", "install", "--no-audit", "--no-fund"], cwd=HERE, check=True, timeout=300)
 
 
+# -- talking to Redis without a client library ------------------------------------
+
+
+def resp(*args: Any) -> bytes:
+    """One command in RESP, the Redis wire format."""
+    out = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        data = arg if isinstance(arg, bytes) else str(arg).encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(out)
+
+
+def recv_exactly(sock: socket.socket, size: int) -> bytes:
+    chunks = []
+    while size:
+        chunk = sock.recv(min(size, 1 << 20))
+        if not chunk:
+            raise ConnectionError("Redis closed the connection")
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
+
+
+def recv_line(sock: socket.socket) -> bytes:
+    data = b""
+    while not data.endswith(b"\r\n"):
+        chunk = sock.recv(1)
+        if not chunk:
+            raise ConnectionError("Redis closed the connection")
+        data += chunk
+    return data
+
+
+def redis_info(address: tuple[str, int], section: str) -> dict[str, str]:
+    """One ``INFO`` section as a dict (a short blocking connection of its own)."""
+    with socket.create_connection(address, timeout=5) as sock:
+        sock.sendall(resp("INFO", section))
+        header = recv_line(sock)
+        text = recv_exactly(sock, int(header[1:]) + 2).decode()
+    return dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+
+
 class CpuClock(Protocol):
     """Anything whose CPU time can be read: a :class:`Server`, or several processes."""
 
