@@ -139,6 +139,14 @@ class RedisCluster:
                 sock.sendall(_encode(*args))
                 return _read_resp(reader)
 
+    def call_many(self, port: int, commands: Sequence[Sequence[object]]) -> list[Any]:
+        """Several commands in one write (no AUTH, no TLS: a plain cluster)."""
+        assert self.tls is None and self.password is None
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(b"".join(_encode(*command) for command in commands))
+            with sock.makefile("rb") as reader:
+                return [_read_resp(reader) for _ in commands]
+
     def info(self, port: int, section: str) -> dict[str, str]:
         text = self.call(port, "INFO", section)
         lines = text.splitlines()
@@ -321,9 +329,13 @@ class RedisCluster:
         self._ok(source, "CLUSTER", "SETSLOT", slot, "MIGRATING", target_id)
         return source
 
-    def migrate_keys(self, slot: int, source_port: int, target_port: int) -> int:
-        """``MIGRATE`` every key of ``slot`` from source to target; how many."""
-        keys = self.call(source_port, "CLUSTER", "GETKEYSINSLOT", slot, 100_000)
+    def migrate_keys(
+        self, slot: int, source_port: int, target_port: int, keys: Sequence[str] | None = None
+    ) -> int:
+        """``MIGRATE`` ``keys`` (default: every key of ``slot``) from source to
+        target; how many."""
+        if keys is None:
+            keys = self.call(source_port, "CLUSTER", "GETKEYSINSLOT", slot, 100_000)
         if keys:
             auth: list[object] = []
             if self.password is not None:

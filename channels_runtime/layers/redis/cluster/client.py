@@ -144,11 +144,14 @@ class ClusterRouter:
         #: How many times the map was fetched, and MOVED/ASK redirects followed.
         self.refreshes = 0
         self.redirects = 0
+        #: Why the last refresh failed (``None`` once one has worked).
+        self.refresh_problem: str | None = None
         self._pools: dict[NodeAddress, NodePool] = {}
         self._refresh_due = 0.0
         self._refreshed_at = -1.0
         self._refreshing: anyio.Event | None = None
         self._suspects: set[NodeAddress] = set()
+        self._prefer: NodeAddress | None = None
         self._use_shards = True
 
     def __repr__(self) -> str:
@@ -178,7 +181,9 @@ class ClusterRouter:
         random.shuffle(masters)
         random.shuffle(others)
         seeds = [NodeAddress(s.host or "localhost", s.port) for s in self.spec.seeds]
-        ordered = list(dict.fromkeys([*masters, *others, *seeds]))
+        # After MOVED, the node named knows its new slots before the others do.
+        first = [self._prefer] if self._prefer is not None else []
+        ordered = list(dict.fromkeys([*first, *masters, *others, *seeds]))
         return [a for a in ordered if a not in self._suspects] + [
             a for a in ordered if a in self._suspects
         ]
@@ -228,17 +233,20 @@ class ClusterRouter:
         finally:
             self._refreshing = None
             done.set()
-        raise ClusterUnavailable(
+        self.refresh_problem = (
             f"no node of {self.spec.describe()} could describe the cluster: " + "; ".join(problems)
         )
+        raise ClusterUnavailable(self.refresh_problem)
 
     def _install(self, topology: Topology) -> None:
         self.topology = topology
+        self.refresh_problem = None
         self.refreshes += 1
         now = _monotonic()
         self._refreshed_at = now
         self._refresh_due = now + self.refresh_interval
         self._suspects.intersection_update(topology.masters)
+        self._prefer = None
 
     def _stale(self) -> None:
         """Have the next call refresh the map (not sooner than ``refresh_gap``
@@ -291,6 +299,7 @@ class ClusterRouter:
             if not redirect.ask:
                 if self.topology is not None:
                     self.topology.assign(redirect.slot, redirect.address)
+                self._prefer = redirect.address
                 self._stale()
         elif error.code in REFRESH_CODES:
             self._stale()
@@ -351,7 +360,7 @@ class ClusterRouter:
                 if address is None:
                     retry.append(job)
                     wait = True
-                    last = f"no master known for slot {job.slot}"
+                    last = self.refresh_problem or f"no master known for slot {job.slot}"
                     self._stale()
                 else:
                     groups.setdefault(address, []).append(job)

@@ -183,11 +183,14 @@ def parse_cluster_shards(reply: Any, contacted: str, tls: bool) -> Topology:
                 if host is None or not port:
                     continue
                 address = NodeAddress(host, port)
-                online = _text(node.get("health", "online")) == "online"
+                health = _text(node.get("health", "online"))
+                online = health == "online"
                 if _text(node.get("role")) == "master":
                     if master is None or (online and not master[0]):
                         master = (online, address)
-                elif online:
+                elif health != "failed":
+                    # ("loading" included: Redis 7.0 says so of any replica
+                    # whose offset is 0, as in a cluster never written to.)
                     replicas.append(address)
             if master is not None:
                 shards.append(Shard(master[1], tuple(replicas), ranges))
