@@ -15,7 +15,8 @@ seconds, messages received are counted for ``--seconds``. The layers:
 * ours: ``RedisChannelLayer`` on asyncio, uvloop and trio, and
   ``RedisPubSubChannelLayer`` on asyncio and trio;
 * channels_redis (4.3): ``RedisChannelLayer`` and ``RedisPubSubChannelLayer``,
-  asyncio only.
+  asyncio only, with ``max_connections`` raised to 1,000 (with redis-py's
+  default of 100, the 101st send in flight raises ``MaxConnectionsError``).
 
 The ceilings use one raw socket (no event loop, replies checked byte for byte
 against what they must be, so the client costs almost nothing) pipelining the
@@ -84,6 +85,11 @@ MESSAGE = {"type": "chat.message", "text": "hello, world", "user": 42, "tags": [
 #: channel, so that no send meets ChannelFull (ours counts a process's specific
 #: channels against one list, which holds up to --consumers messages).
 CAPACITY = 1000
+#: channels_redis's connection pool (redis-py's) allows 100 connections in use by
+#: default and raises ``MaxConnectionsError`` for the 101st instead of waiting;
+#: with 200 consumers sending at once it fails at the first round, so it gets
+#: this many (ours waits for a connection past its ``max_connections``).
+THEIR_MAX_CONNECTIONS = 1000
 
 #: key -> (label, layer class, anyio backend, backend options)
 IMPLS: dict[str, tuple[str, Any, str, dict[str, Any]]] = {
@@ -441,8 +447,14 @@ def main() -> None:
                 else:
                     _, cls, backend, options = IMPLS[key]
 
-                    def make(_cls: Any = cls, _prefix: str = prefix) -> Any:
-                        return _cls(hosts=[url], prefix=_prefix, capacity=CAPACITY)
+                    host: Any = url
+                    if key.startswith("channels_redis"):
+                        # redis-py's pool raises MaxConnectionsError past 100
+                        # connections in use, and every send in flight holds one.
+                        host = {"address": url, "max_connections": THEIR_MAX_CONNECTIONS}
+
+                    def make(_cls: Any = cls, _prefix: str = prefix, _host: Any = host) -> Any:
+                        return _cls(hosts=[_host], prefix=_prefix, capacity=CAPACITY)
 
                     result = anyio.run(
                         exchange, make, args.consumers, args.warmup, args.seconds, address,
