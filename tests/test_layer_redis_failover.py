@@ -34,6 +34,7 @@ from redis_server import (
 )
 
 from channels_runtime.layers.redis import RedisChannelLayer, RedisUnavailable
+from channels_runtime.layers.redis.connections import Pool
 from channels_runtime.layers.redis.hosts import ConfigurationError
 
 LOGGER = "channels_runtime.layers.redis"
@@ -145,14 +146,19 @@ async def test_failover_after_the_master_is_killed(
 
 
 @pytest.mark.anyio
-async def test_a_demoted_master_is_left_for_the_promoted_one(sentinels: SentinelSetup) -> None:
+async def test_a_demoted_master_is_left_for_the_promoted_one(
+    sentinels: SentinelSetup, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A switchover (``SENTINEL FAILOVER``) promotes the replica; then the old
     master becomes a replica *without* its clients being disconnected (Sentinel
     itself demotes it only seconds later, and disconnects its clients; an
     operator's ``REPLICAOF`` does not). Pooled connections to it now get
     ``READONLY``, and waiting ``BLPOP``s ``UNBLOCKED``: both must send the layer
     back to the sentinels (not retry on the same server forever), and no error
-    may reach the callers."""
+    may reach the callers. (The pools' own check of the named master would
+    usually get there first: it is turned off here, to test what is left when
+    it does not; see test_layer_redis_switchover.py for it.)"""
+    monkeypatch.setattr(Pool, "sentinel_check_interval", 3600.0)
     old, new = sentinels.master, sentinels.replica
     layer = RedisChannelLayer(hosts=[sentinels.hosts_entry], retry_budget=10)
     # Another process that only sends (a Django view, say): it meets the

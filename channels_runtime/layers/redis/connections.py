@@ -22,7 +22,7 @@ from typing import Any
 import anyio
 
 from ... import metrics
-from .hosts import HostSpec, SentinelError, ServerTime, open_connection
+from .hosts import HostSpec, SentinelError, ServerTime, named_master, open_connection
 from .protocol import CONNECTION_ERRORS, Connection, ReplyError
 
 __all__ = [
@@ -43,11 +43,13 @@ _monotonic = time.monotonic
 #: Error replies that mean "not now" rather than "wrong": the command was not
 #: run, so it is safe to retry, on a fresh connection (a READONLY replica is
 #: what a failed-over master looks like before Sentinel has told us, and
-#: UNBLOCKED is what a waiting BLPOP gets when its master is made a replica).
+#: UNBLOCKED is what a waiting BLPOP gets when its master is made a replica;
+#: NOREPLICAS is a master configured with ``min-replicas-to-write`` that has
+#: lost its replicas, as an old master has once Sentinel moved them away).
 #: The connection that got one is discarded with every idle one to that
 #: server, so the retry connects afresh, asking the sentinels again.
 TRANSIENT_REPLIES = frozenset(
-    {"LOADING", "READONLY", "MASTERDOWN", "TRYAGAIN", "BUSY", "UNBLOCKED"}
+    {"LOADING", "READONLY", "MASTERDOWN", "TRYAGAIN", "BUSY", "UNBLOCKED", "NOREPLICAS"}
 )
 
 
@@ -89,18 +91,22 @@ class Outage:
     """Whether one server is down as one event loop sees it, and since when.
 
     Logs once when an outage starts and once when it ends. The duration
-    reported runs from the first failure to the first success: callers that
-    learn of the success late (a ``BLPOP`` that returns only when its timeout
-    is up) pass when it really happened.
+    reported runs from the first failure to the first success, which is when
+    a connection to the server was opened (``reached``) and no failure came
+    after it: a caller learns that its command succeeded later, sometimes
+    much later (a ``BLPOP`` returns when a message comes or its timeout is
+    up), and counting to then would report an outage longer than it was.
     """
 
-    __slots__ = ("owner", "since", "where")
+    __slots__ = ("owner", "since", "up_at", "where")
 
     def __init__(self, owner: Any, where: str) -> None:
         self.owner = owner  # whose metrics count reconnections
         self.where = where
         #: Monotonic time of the first failure of the current outage, or None.
         self.since: float | None = None
+        #: When the server was reached again in this outage, if it was.
+        self.up_at: float | None = None
 
     def failed(self, exc: BaseException) -> None:
         """Note a failure, logging it if it starts an outage."""
@@ -109,24 +115,31 @@ class Outage:
 
     def begin(self) -> bool:
         """Note that the server is down; True if that starts an outage."""
+        self.up_at = None  # a success before this failure did not end the outage
         if self.since is not None:
             return False
         self.since = _monotonic()
         return True
+
+    def reached(self) -> None:
+        """A connection to the server was just opened."""
+        if self.since is not None and self.up_at is None:
+            self.up_at = _monotonic()
 
     def announce(self, exc: BaseException) -> None:
         logger.warning(
             "Redis at %s is unreachable (%r); receivers will keep retrying", self.where, exc
         )
 
-    def ended(self, at: float | None = None, detail: str = "") -> float | None:
-        """Note a success (at monotonic time ``at``, default now); returns how
-        long the outage lasted, or None if there was none."""
+    def ended(self, detail: str = "") -> float | None:
+        """Note a success; returns how long the outage lasted (to when the
+        server was first reached again), or None if there was none."""
         since = self.since
         if since is None:
             return None
-        self.since = None
-        lasted = max(0.0, (_monotonic() if at is None or at < since else at) - since)
+        up_at = self.up_at
+        self.since = self.up_at = None
+        lasted = max(0.0, (_monotonic() if up_at is None else up_at) - since)
         logger.warning("Redis at %s is reachable again after %.1fs%s", self.where, lasted, detail)
         if metrics.enabled:
             metrics.layers.reconnected(self.owner, lasted)
@@ -148,22 +161,38 @@ class Pool:
 
     ``on_open``, if set, runs on every new connection before it is used
     (the layers check there whether the server has lost its data).
+
+    **Sentinel.** A connection goes to the master a sentinel named when it
+    was opened. After a switchover (``SENTINEL FAILOVER``) the old master
+    keeps running, and accepts writes, until Sentinel demotes it seconds
+    later: writes in between are lost. So while connections are being taken,
+    the pool asks a sentinel at most every ``sentinel_check_interval`` seconds
+    which server is the master now (one short connection to the sentinel, in
+    the caller's task), and when that is not the one its connections lead to,
+    retires them all: idle ones are closed, busy ones shut down (their
+    commands fail and are retried, on a connection to the new master).
     """
+
+    #: How often (at most) a Sentinel pool checks that its master is still the one.
+    sentinel_check_interval: float = 0.5
 
     __slots__ = (
         "busy",
         "clock",
         "connect_timeout",
+        "epoch",
         "generation",
         "idle",
         "index",
         "limit",
+        "master",
         "on_open",
         "open",
-        "opened_at",
         "outage",
         "queue",
         "spec",
+        "watch_due",
+        "watched",
     )
 
     def __init__(
@@ -186,16 +215,26 @@ class Pool:
         self.clock = clock
         self.connect_timeout = connect_timeout
         self.outage = Outage(owner, spec.describe())
-        #: Monotonic time the last new connection was opened.
-        self.opened_at = 0.0
+        #: What the server's data was last seen to be (see ``on_open``).
+        self.epoch: bytes | None = None
         self.on_open: Callable[[Pool, Connection], Awaitable[None]] | None = None
+        #: Sentinel: the master this pool's connections lead to, and when to
+        #: check next that it still is the master.
+        self.watched = bool(spec.sentinels)
+        self.master: tuple[str, int] | None = None
+        self.watch_due = 0.0
 
     async def lease(self) -> Connection:
         """A connection for one ordinary command (waits while the cap is reached)."""
         if self.busy >= self.limit:
             await self._wait_turn()
         self.busy += 1
+        idle = self.idle
+        if idle and idle[-1].generation == self.generation and not self.watched:
+            return idle.pop()  # the usual case, without another coroutine
         try:
+            if self.watched and self.watch_due <= _monotonic():
+                await self._watch()
             return await self._take()
         except BaseException:
             self._done()
@@ -203,7 +242,36 @@ class Pool:
 
     async def lease_blocking(self) -> Connection:
         """A connection for a blocking read, not counted against the cap."""
+        if self.watched and self.watch_due <= _monotonic():
+            await self._watch()
         return await self._take()
+
+    async def _watch(self) -> None:
+        """Ask a sentinel which server is the master; retire this pool's
+        connections if they lead to another one."""
+        self.watch_due = _monotonic() + self.sentinel_check_interval
+        master = self.master
+        if master is None:
+            return  # nothing open: the next connection asks the sentinels anyway
+        try:
+            named = await named_master(self.spec, self.connect_timeout)
+        except FAILURES_OR_REPLIES:
+            return  # the sentinels are not answering: the connections will tell
+        if named == master or self.master != master:
+            return
+        logger.warning(
+            "Sentinel names %s:%d as master %r now, not %s:%d: leaving the old master",
+            *named,
+            self.spec.master_name,
+            *master,
+        )
+        self.master = None
+        self.generation += 1
+        stale, self.idle = self.idle, []
+        for conn in self.open:
+            if conn.generation < self.generation and conn not in stale:
+                conn.shutdown()
+        await self._close(stale)
 
     async def _take(self) -> Connection:
         idle = self.idle
@@ -214,7 +282,9 @@ class Pool:
             await self._close([conn])
         conn = await open_connection(self.spec, self.generation, self.clock, self.connect_timeout)
         self.open.add(conn)
-        self.opened_at = _monotonic()
+        self.outage.reached()
+        if conn.address is not None:
+            self.master = conn.address
         if self.on_open is not None:
             try:
                 await self.on_open(self, conn)
@@ -292,7 +362,6 @@ class Pool:
         await self._close(stale)
 
     def recovered(self) -> None:
-        """A command succeeded: end the outage, if any, as of the first
-        connection opened since it began (the first success)."""
+        """A command succeeded: end the outage, if any."""
         if self.outage.since is not None:
-            self.outage.ended(self.opened_at)
+            self.outage.ended()

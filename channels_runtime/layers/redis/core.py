@@ -27,6 +27,7 @@ import random
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from functools import partial
 from typing import Any, ClassVar, Unpack
 
 import anyio
@@ -41,6 +42,7 @@ from .connections import FAILURES_OR_REPLIES as _FAILURES_OR_REPLIES
 from .connections import TRANSIENT_REPLIES as _TRANSIENT_REPLIES
 from .connections import Pool, RedisUnavailable, Transient, loop_is_dead
 from .layer import ConnectionOptions, LoopState, RedisLayer
+from .memberships import Memberships
 from .protocol import Connection, ReplyError, encode_command
 from .queues import pop_live
 
@@ -244,11 +246,15 @@ class _LoopState(LoopState):
     (``pools``, in ``hosts`` order) and the process-specific channels' buffers
     and waiting receivers (``local``)."""
 
-    __slots__ = ("local",)
+    __slots__ = ("local", "memberships")
 
     def __init__(self, layer: RedisChannelLayer, token: Any) -> None:
         super().__init__(layer, token)
         self.local = _Local(layer)
+        #: The group_adds made from this loop, made again if Redis forgets them.
+        self.memberships = Memberships()
+        for pool in self.pools:
+            pool.on_open = partial(layer._on_open, self)
 
 
 class RedisChannelLayer(RedisLayer[_LoopState]):
@@ -293,6 +299,9 @@ class RedisChannelLayer(RedisLayer[_LoopState]):
         self._channel_prefix = f"{prefix}:ch:"
         self._process_prefix = f"{prefix}:pr:"
         self._group_prefix = f"{prefix}:gr:"
+        #: Written once by whichever process connects first, and never deleted by
+        #: the layer: if it has gone, so has everything else (see ``_on_open``).
+        self._epoch_key = f"{prefix}:epoch"
         super().__init__(
             hosts,
             prefix,
@@ -437,8 +446,71 @@ class RedisChannelLayer(RedisLayer[_LoopState]):
 
     async def _backoff(self, shard: Pool, exc: BaseException, delay: float) -> float:
         shard.outage.failed(exc)
-        await anyio.sleep(delay * random.uniform(0.75, 1.25))
+        await anyio.sleep(delay * random.uniform(0.5, 1.0))
         return min(delay * 2, self.backoff_max)
+
+    # -- after Redis lost its data -----------------------------------------------
+
+    async def _on_open(self, state: _LoopState, pool: Pool, conn: Connection) -> None:
+        """Check on a new connection whether the server has lost its data since
+        this loop last looked, and if so add this loop's memberships again.
+
+        The first process to connect writes a random value under the epoch
+        key (``SET NX``); every loop remembers the value it saw per server. A
+        restart without persistence or a flush takes the key with the groups,
+        so a later connection finds none (and writes a new one) or another.
+        One round trip per new connection: connections are only opened at
+        start-up and after a failure, which is when a restart is noticed.
+        A replica (mid-failover) refuses the write; it is left for the retry
+        to reconnect to the master.
+        """
+        with anyio.fail_after(self.socket_timeout):
+            wrote, epoch = await conn.pipeline(
+                [
+                    ("SET", self._epoch_key, random.randbytes(8).hex(), "NX"),
+                    ("GET", self._epoch_key),
+                ]
+            )
+        if isinstance(wrote, ReplyError) or not isinstance(epoch, bytes) or epoch == pool.epoch:
+            return
+        if pool.epoch is not None:
+            await self._restore(state, pool, conn)
+        pool.epoch = epoch
+
+    async def _restore(self, state: _LoopState, pool: Pool, conn: Connection) -> None:
+        """Add again the memberships this loop made in groups held by ``pool``'s
+        server, each with what is left of its ``group_expiry`` (its score is
+        its original joining time, in the server's clock), in one pipeline."""
+        now = _monotonic()
+        server_ms = pool.clock.now_ms()
+        expiry = self.group_expiry
+        commands: list[tuple[Any, ...]] = []
+        restored = 0
+        for group, members in state.memberships.live(
+            now, lambda group: self._shard_of(group) == pool.index
+        ):
+            key = self._group_prefix + group
+            args: list[Any] = []
+            for channel, left in members:
+                args += (int(server_ms - (expiry - left) * 1000), channel)
+            commands.append(("ZADD", key, *args))
+            commands.append(("PEXPIRE", key, int(max(left for _, left in members) * 1000) + 1))
+            restored += len(members)
+        for start in range(0, len(commands), 1000):
+            with anyio.fail_after(self.socket_timeout):
+                replies = await conn.pipeline(commands[start : start + 1000])
+            for reply in replies:
+                if isinstance(reply, ReplyError):
+                    if reply.code in _TRANSIENT_REPLIES:
+                        raise Transient(str(reply))
+                    raise reply
+        logger.warning(
+            "Redis at %s has lost its data (restarted without persistence, or flushed): "
+            "restored %d group membership(s) of this process in %d group(s)",
+            pool.spec.describe(),
+            restored,
+            len(commands) // 2,
+        )
 
     # -- names ------------------------------------------------------------------
 
@@ -681,6 +753,10 @@ class RedisChannelLayer(RedisLayer[_LoopState]):
         state = self._state()
         pattern = "".join("\\" + c if c in "*?[]\\" else c for c in self.prefix) + ":*"
         for shard in state.pools:
+            # The epoch key goes too: for this loop, that is a fresh start, not
+            # a loss to repair (other processes restore what they had added
+            # when they next connect).
+            shard.epoch = None
             cursor = b"0"
             while True:
                 # SCAN then UNLINK rather than KEYS: never blocks the server for long.
@@ -692,6 +768,7 @@ class RedisChannelLayer(RedisLayer[_LoopState]):
                 if cursor == b"0":
                     break
         state.local.clear()
+        state.memberships.clear()
 
     def metrics_state(self) -> dict[str, float]:
         """Buffered messages and outages of this process, for the metrics."""
@@ -719,23 +796,28 @@ class RedisChannelLayer(RedisLayer[_LoopState]):
         """Add ``channel`` to ``group`` (or renew it) for ``group_expiry`` seconds."""
         self.require_valid_group_name(group)
         self.require_valid_channel_name(channel)
-        shard = self._state().pools[self._shard_of(group)]
+        state = self._state()
         await self._run_script(
-            shard,
+            state.pools[self._shard_of(group)],
             scripts.GROUP_ADD,
             (self._group_prefix + group,),
             (channel, self._group_ttl_ms),
             "group_add to",
             name=group,
         )
+        now = _monotonic()
+        state.memberships.joined(group, channel, now + self.group_expiry, now)
 
     async def group_discard(self, group: str, channel: str) -> None:
         """Remove ``channel`` from ``group``; not an error if it is not in it."""
         self.require_valid_group_name(group)
         self.require_valid_channel_name(channel)
-        shard = self._state().pools[self._shard_of(group)]
+        state = self._state()
+        state.memberships.left(group, channel)
         await self._simple(
-            shard, ("ZREM", self._group_prefix + group, channel), f"group_discard from {group!r}"
+            state.pools[self._shard_of(group)],
+            ("ZREM", self._group_prefix + group, channel),
+            f"group_discard from {group!r}",
         )
 
     async def group_send(self, group: str, message: Message) -> None:

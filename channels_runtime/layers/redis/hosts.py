@@ -26,7 +26,7 @@ import anyio
 
 from .protocol import CONNECTION_ERRORS, Connection, ReplyError, open_stream
 
-__all__ = ["HostSpec", "decode_hosts", "open_connection", "shard_index"]
+__all__ = ["HostSpec", "decode_hosts", "named_master", "open_connection", "shard_index"]
 
 logger = logging.getLogger("channels_runtime.layers.redis")
 
@@ -501,7 +501,19 @@ async def _open_master(
         await conn.aclose()
         said = role[0].decode() if isinstance(role, list) and role else repr(role)
         raise SentinelError(f"it is not a master (ROLE: {said})")
+    conn.address = address
     return conn
+
+
+async def named_master(spec: HostSpec, default_timeout: float) -> tuple[str, int]:
+    """The master the first sentinel that answers names for ``spec`` now."""
+    problems: list[str] = []
+    for host, port in spec.sentinels:
+        try:
+            return await _ask_sentinel(spec, host, port, default_timeout)
+        except _SENTINEL_FAILURES as exc:
+            problems.append(f"sentinel {host}:{port}: {_why(exc)}")
+    raise SentinelError(f"no sentinel named master {spec.master_name!r}: " + "; ".join(problems))
 
 
 async def open_connection(

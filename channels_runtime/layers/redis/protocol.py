@@ -152,12 +152,14 @@ class Connection:
     closed instead of being reused.
     """
 
-    __slots__ = ("_buf", "_pos", "client_id", "generation", "stream")
+    __slots__ = ("_buf", "_pos", "address", "client_id", "generation", "stream")
 
     def __init__(self, stream: anyio.abc.ByteStream, generation: int = 0) -> None:
         self.stream = stream
         self.generation = generation
         self.client_id = 0
+        #: The master a sentinel named for this connection (None without Sentinel).
+        self.address: tuple[str, int] | None = None
         self._buf = bytearray()
         self._pos = 0
 
@@ -214,17 +216,26 @@ class Connection:
         """Close the stream at once, without waiting on the peer."""
         await anyio.aclose_forcefully(self.stream)
 
-    def abandon(self) -> None:
-        """Shut the socket down without the event loop, which has ended: the
-        server sees the connection close now rather than when it is collected."""
+    def shutdown(self) -> Any:
+        """Shut the socket down (both ways) without closing it: whoever is
+        reading or writing it gets an error at once, and closes it as usual.
+        Returns the raw socket, or None if there is none to shut down."""
         try:
             sock = self.stream.extra(anyio.abc.SocketAttribute.raw_socket)
         except anyio.TypedAttributeLookupError:
-            return
+            return None
         try:
             sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
+        return sock
+
+    def abandon(self) -> None:
+        """Shut the socket down without the event loop, which has ended: the
+        server sees the connection close now rather than when it is collected."""
+        sock = self.shutdown()
+        if sock is None:
+            return
         # trio hands out the standard socket itself; asyncio a wrapper without
         # close(), whose transport closes the descriptor when it is collected.
         close = getattr(sock, "close", None)

@@ -310,7 +310,9 @@ class RedisPubSubChannelLayer(RedisLayer[_LoopState]):
         self.require_valid_channel_name(channel)
         payload = self._serializer.dumps(message, channel)
         topic, index, head = self._route(channel)
-        await self._publish(index, topic, head + payload if head else payload, channel, "send to")
+        data = head + payload if head else payload
+        pool = self._state().pools[index]
+        await self._command(pool, ("PUBLISH", topic, data), "send to", channel)
         if metrics.enabled:
             metrics.layers.sent(self)
 
@@ -322,17 +324,13 @@ class RedisPubSubChannelLayer(RedisLayer[_LoopState]):
         self.require_valid_group_name(group)
         payload = self._serializer.dumps(message, f"group {group}")
         topic, index = self._group_topic(group)
-        reached = await self._publish(index, topic, payload, group, "group_send to")
+        pool = self._state().pools[index]
+        # PUBLISH answers how many subscribed connections Redis forwarded it to.
+        reached = int(
+            await self._command(pool, ("PUBLISH", topic, payload), "group_send to", group)
+        )
         if metrics.enabled:  # fan-out: the subscribed processes Redis forwarded it to
             metrics.layers.group_sent(self, reached)
-
-    async def _publish(self, index: int, topic: bytes, payload: bytes, name: str, op: str) -> int:
-        """``PUBLISH``, retried on a fresh connection while the retry budget
-        lasts. Returns the number of subscribed connections Redis forwarded it to."""
-        reply = await self._command(
-            self._state().pools[index], ("PUBLISH", topic, payload), op, name
-        )
-        return int(reply)
 
     # -- receiving ------------------------------------------------------------------------
 
@@ -749,7 +747,7 @@ class RedisPubSubChannelLayer(RedisLayer[_LoopState]):
         if not sub.delay:  # the first failed attempt of this outage
             sub.outage.announce(exc)
         sub.delay = self.backoff_min if not sub.delay else min(sub.delay * 2, self.backoff_max)
-        sub.retry_at = now + sub.delay * random.uniform(0.75, 1.25)
+        sub.retry_at = now + sub.delay * random.uniform(0.5, 1.0)
         # Callers waiting for a subscription give up once the budget is spent.
         outer, state.in_reader = state.in_reader, True
         try:
@@ -791,8 +789,22 @@ class RedisPubSubChannelLayer(RedisLayer[_LoopState]):
             self._notify(state, sub.index, self.on_disconnect)
 
     def _resubscribed(self, state: _LoopState, sub: Subscriber) -> None:
+        """Every wanted topic is subscribed again after a lost connection: the
+        memberships of this loop in groups on that server work again."""
         if sub.lost_connection:
             sub.lost_connection = False
+            restored = sum(
+                len(members)
+                for group, members in state.groups.items()
+                if self._shard_of(group) == sub.index
+            )
+            logger.warning(
+                "Re-subscribed %d topic(s) on Redis at %s: restored %d group membership(s) "
+                "of this process",
+                len(sub.wanted),
+                sub.describe(),
+                restored,
+            )
             self._notify(state, sub.index, self.on_reconnect)
 
     def _notify(self, state: _LoopState, index: int, message_type: str | None) -> None:
