@@ -191,6 +191,22 @@ class Processes:
                 total += times.user + times.system
         return total
 
+    def pin_workers(self, cpus: tuple[str, str]) -> None:
+        """Pin the two workers of one supervisor one to each of ``cpus``."""
+        import psutil
+
+        # Workers are started with multiprocessing's "spawn"; the supervisor's other
+        # child is multiprocessing's resource tracker.
+        workers = sorted(
+            (c for c in self.roots[0].children() if "spawn_main" in " ".join(c.cmdline())),
+            key=lambda proc: proc.pid,
+        )
+        if len(workers) != 2:
+            raise RuntimeError(f"expected two workers, found {len(workers)}: {workers}")
+        for proc, cpu in zip(workers, cpus, strict=True):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.cpu_affinity([int(cpu)])
+
     def connections(self, ports: set[int]) -> list[int]:
         """Established connections to ``ports`` held by each process that has any."""
         counts = []
@@ -216,11 +232,30 @@ class RedisClock:
         return float(cpu["used_cpu_user"]) + float(cpu["used_cpu_sys"])
 
 
+#: Where processes run, by --placement: (CPUs of the first and second server
+#: process, of the load generator, of Redis); None is not pinned.
+PLACEMENTS: dict[str, tuple[tuple[str, str], str | None, str | None]] = {
+    # Each server process on a CPU of its own, as two processes are meant to scale
+    # out; the load generator and Redis go wherever the kernel puts them.
+    "split": (("0", "1"), None, None),
+    # bench_e2e's layout: both servers share CPU 0, load generator and Redis on CPU 1.
+    "shared": ((SERVER_CPU, SERVER_CPU), LOADGEN_CPU, LOADGEN_CPU),
+}
+
+
+PLACEMENT_TEXT = {
+    "split": "Each server process pinned to a CPU of its own (`serve -w 2`: each worker), the "
+    "load generator and Redis not pinned.",
+    "shared": "Both server processes pinned to CPU 0, the load generator and Redis to CPU 1.",
+}
+
+
 @contextlib.contextmanager
 def running(
     variant: Variant, redis_url: str, args: argparse.Namespace
 ) -> Iterator[tuple[list[int], Processes]]:
-    """Start ``variant``'s server processes on CPU 0; yield their ports and processes."""
+    """Start ``variant``'s server processes where ``--placement`` says; yield
+    their ports and processes."""
     ports = [free_port()] if variant.server == "serve-w2" else [free_port(), free_port()]
     env = [
         ("BENCH_LAYER", variant.layer),
@@ -228,14 +263,23 @@ def running(
         ("BENCH_PREFIX", f"so{uuid.uuid4().hex[:8]}"),
     ]
     python = args.channels_python
+    servers, _, _ = PLACEMENTS[args.placement]
+    # serve -w 2 is one supervisor: it may use both CPUs, and its workers are
+    # pinned one to each below.
+    cpus = [",".join(dict.fromkeys(servers))] if variant.server == "serve-w2" else servers
     with contextlib.ExitStack() as stack:
         procs = [
-            stack.enter_context(spawn(variant.key, command, port, args.log, env, args.server_cpus))
-            for command, port in zip(variant.commands(ports, python), ports, strict=True)
+            stack.enter_context(spawn(variant.key, command, port, args.log, env, where))
+            for command, port, where in zip(
+                variant.commands(ports, python), ports, cpus, strict=True
+            )
         ]
         # Listening is not serving yet (serve -w 2 binds before its workers start).
         time.sleep(args.settle)
-        yield ports, Processes([p.pid for p in procs])
+        group = Processes([p.pid for p in procs])
+        if variant.server == "serve-w2":
+            group.pin_workers(servers)
+        yield ports, group
 
 
 def available(python: str) -> dict[str, str]:
@@ -284,7 +328,7 @@ def measure(
         if "latency" in cases:
             options = {**common, "repeats": args.repeats, "pause": 20}
             out["latency"] = loadgen(
-                "bcast", options, procs, timeout=args.timeout, clocks={"redis": redis}
+                "bcast", options, procs, args.timeout, {"redis": redis}, args.loadgen_cpus
             )
         if "rate" in cases:
             start = args.rate_start
@@ -305,10 +349,10 @@ def measure(
                 "retries": args.retries,
             }
             out["rate"] = loadgen(
-                "rate", options, procs, timeout=args.timeout * 3, clocks={"redis": redis}
+                "rate", options, procs, args.timeout * 3, {"redis": redis}, args.loadgen_cpus
             )
         if variant.server == "serve-w2":
-            with idle_clients(members, args.clients, timeout=args.timeout):
+            with idle_clients(members, args.clients, args.timeout, args.loadgen_cpus):
                 time.sleep(0.5)
                 out["spread"] = procs.connections(set(ports))
     return out
@@ -494,13 +538,20 @@ def main() -> None:
         "(default: this one)",
     )
     parser.add_argument("--redis", help="use this Redis (default: start one on CPU 1)")
-    parser.add_argument("--server-cpus", default=SERVER_CPU, help="taskset list for the servers")
+    parser.add_argument(
+        "--placement",
+        choices=list(PLACEMENTS),
+        default="split",
+        help="split: a CPU per server process, load generator and Redis unpinned; shared: "
+        "both servers on CPU 0, load generator and Redis on CPU 1",
+    )
     parser.add_argument("--settle", type=float, default=1.0, help="s between listening and load")
     parser.add_argument("--timeout", type=float, default=300.0, help="per load generator run")
     parser.add_argument("--log", default="/tmp/bench_scale_out_servers.log", help="server output")
     parser.add_argument("--json", help="also save every result to this file")
     args = parser.parse_args()
     args.cases = set(args.cases.split(","))
+    args.loadgen_cpus = PLACEMENTS[args.placement][1]
     args.log = Path(args.log)
     args.log.write_bytes(b"")
     chosen = [k for k in args.variants.split(",") if k]
@@ -523,7 +574,7 @@ def main() -> None:
     with contextlib.ExitStack() as stack:
         url = args.redis
         if url is None:
-            url, _ = stack.enter_context(redis_server(LOADGEN_CPU))
+            url, _ = stack.enter_context(redis_server(PLACEMENTS[args.placement][2]))
         parts = urlsplit(url)
         address = (parts.hostname or HOST, parts.port or 6379)
         redis_version = redis_info(address, "server").get("redis_version", "?")
@@ -557,9 +608,9 @@ def main() -> None:
     out = [
         f"Machine: {machine()}.",
         f"Channels side ({channels_from}): {versions(args.channels_python)}. Redis {redis_version}"
-        + (" (private, pinned to CPU 1)" if args.redis is None else f" at {args.redis}")
+        + (" (private)" if args.redis is None else f" at {args.redis}")
         + ".",
-        f"Servers pinned to CPU {args.server_cpus}, load generator to CPU {LOADGEN_CPU}. "
+        PLACEMENT_TEXT[args.placement] + " "
         f"{args.rounds} rounds, each starting every variant once (order reversed every other "
         f"round); median over rounds (min\N{EN DASH}max). Took {took:.0f} s.",
         *notes,

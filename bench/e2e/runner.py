@@ -237,6 +237,10 @@ def ensure_node_deps() -> None:
     subprocess.run(["npm", "install", "--no-audit", "--no-fund"], cwd=HERE, check=True, timeout=300)
 
 
+def _pinned(cpus: str | None) -> list[str]:
+    return ["taskset", "-c", cpus] if cpus is not None else []
+
+
 # -- talking to Redis without a client library ------------------------------------
 
 
@@ -291,6 +295,7 @@ def loadgen(
     server: CpuClock | None = None,
     timeout: float = 120.0,
     clocks: Mapping[str, CpuClock] | None = None,
+    cpus: str | None = LOADGEN_CPU,
 ) -> dict[str, Any]:
     """Run the Node.js load generator on CPU 1 and return its JSON result.
 
@@ -298,13 +303,14 @@ def loadgen(
     between the load generator's "mark begin" and "mark end" lines; every clock in
     ``clocks`` adds ``<name>_cpu_s`` the same way. Marks with a tag ("mark begin
     step3") give ``result["cpu"]["step3"][name]`` instead, one per measured step.
+    ``cpus`` is its ``taskset`` CPU list (None: not pinned).
     """
     import json
 
     every = dict(clocks or {})
     if server is not None:
         every["server"] = server
-    command = ["taskset", "-c", LOADGEN_CPU, "node", str(HERE / "loadgen.mjs"), mode]
+    command = [*_pinned(cpus), "node", str(HERE / "loadgen.mjs"), mode]
     for name, value in options.items():
         command += [f"--{name}", str(value)]
     command += ["--timeout", str(timeout)]
@@ -348,9 +354,11 @@ def loadgen(
 
 
 @contextlib.contextmanager
-def idle_clients(url: str, conns: int, timeout: float = 120.0) -> Iterator[int]:
+def idle_clients(
+    url: str, conns: int, timeout: float = 120.0, cpus: str | None = LOADGEN_CPU
+) -> Iterator[int]:
     """Hold ``conns`` open WebSocket connections to ``url`` (from CPU 1) while inside."""
-    command = ["taskset", "-c", LOADGEN_CPU, "node", str(HERE / "loadgen.mjs"), "idle"]
+    command = [*_pinned(cpus), "node", str(HERE / "loadgen.mjs"), "idle"]
     command += ["--url", url, "--conns", str(conns), "--timeout", str(timeout)]
     proc = subprocess.Popen(
         command,
