@@ -1,14 +1,12 @@
 """Scale-out benchmark: one group_send to WebSocket clients on two server processes and one Redis.
 
-Run from the repository root::
+Run from the repository root (bench/README.md says how to make the Channels 4.3 venv)::
 
-    python bench/bench_scale_out.py                       # 1,000 clients, 3 rounds
-    python bench/bench_scale_out.py --channels-python /tmp/ch43/bin/python
+    python bench/bench_scale_out.py --channels-python /tmp/ch43/bin/python   # 3 rounds
     python bench/bench_scale_out.py --clients 100 --rounds 1 \
         --variants ours-core-x2,channels-core-daphne
 
-Every variant runs two server processes against one private ``redis-server``
-(pinned to CPU 1 with the load generator; the servers are pinned to CPU 0).
+Every variant runs two server processes against one private ``redis-server``.
 ``--clients`` WebSocket clients (1,000) connect to a consumer that joins group
 ``bench``, spread evenly over the two processes (``serve -w 2``: over its one
 port, the kernel spreads them). Two more connections are triggers: each frame a
@@ -19,10 +17,11 @@ the implementation under test, through its channel layer.
   20 ms apart; the time from sending the trigger frame until *every* client has
   the message: p50 and p99 over the broadcasts, with server and Redis CPU per
   broadcast.
-* **rate**: broadcasts sent on schedule at a rate R for a few seconds a step; a
-  step passes when its p99 is at most ``--limit`` ms (100) and every broadcast
-  reached every client. R rises by 1.5x while steps pass, then two bisection
-  steps narrow it: the sustained rate is the highest R that passed.
+* **rate**: broadcasts sent on schedule at a rate R for a step of a few
+  seconds; a step passes when its p99 is at most ``--limit`` ms (100) and every
+  broadcast reached every client. R rises by 1.5x while steps pass, then two
+  bisection steps narrow it (a failed step is tried once more): the sustained
+  rate is the highest R that passed.
 
 Variants (``--variants``): ours (``channels-runtime serve``, asyncio) with
 ``RedisChannelLayer`` (``core``) and ``RedisPubSubChannelLayer`` (``pubsub``),
@@ -30,9 +29,13 @@ as ``serve -w 2`` and as two ``serve`` processes (``x2``); and Django Channels
 with channels_redis's ``RedisChannelLayer`` and ``RedisPubSubChannelLayer`` on
 two Daphne and on two uvicorn processes. Channels runs from ``--channels-python``
 (default: this Python), which needs Channels, channels_redis, Daphne and uvicorn;
-variants whose server it lacks are skipped, with a note. Each round starts every
-variant once, in an order reversed every other round; tables show the median
-over rounds (min-max) and ratios to the best Channels variant.
+variants whose server it lacks are skipped, with a note. ``--placement split``
+(the default) pins each server process (each worker of ``serve -w 2``) to a CPU
+of its own and leaves the load generator and Redis unpinned; ``shared`` puts
+both servers on CPU 0 and the rest on CPU 1. Each round starts every variant
+once, in an order reversed every other round; tables (markdown on stdout,
+progress on stderr) show the median over rounds (min-max) and ratios to the
+best Channels variant.
 """
 
 from __future__ import annotations
