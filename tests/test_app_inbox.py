@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 import anyio
@@ -100,3 +101,63 @@ def test_every_patch_point_exists_in_the_installed_hypercorn() -> None:
     from channels_runtime.compat import hypercorn_fixes
 
     assert hypercorn_fixes.missing_patch_points() == []
+
+
+def _hypercorn_queues() -> int:
+    """Hypercorn's own per-application receive queues alive now, on either backend."""
+    import asyncio
+
+    kinds: tuple[type, ...] = (asyncio.Queue,)
+    try:
+        import trio
+
+        kinds += (trio.MemoryReceiveChannel,)
+    except ImportError:
+        pass
+    gc.collect()
+    return sum(isinstance(obj, kinds) for obj in gc.get_objects())
+
+
+async def test_hypercorn_s_own_queue_is_not_kept_beside_the_inbox(anyio_backend: Any) -> None:
+    # spawn_app still makes Hypercorn's queue; what matters is that no running
+    # application keeps it (an asyncio.Queue is four deques, about 3.3 KB).
+    from hypercorn.config import Config
+
+    from channels_runtime.compat.hypercorn_fixes import app_inbox
+
+    app_inbox.install()
+    if anyio_backend[0] == "trio":
+        from hypercorn.trio.task_group import TaskGroup as TrioTaskGroup
+
+        group: Any = TrioTaskGroup()
+    else:
+        import asyncio
+
+        from hypercorn.asyncio.task_group import TaskGroup as AsyncioTaskGroup
+
+        group = AsyncioTaskGroup(asyncio.get_running_loop())
+    received: list[dict[str, Any]] = []
+    all_received, release = anyio.Event(), anyio.Event()
+
+    async def app(scope: Any, receive: Any, send: Any, sync_spawn: Any, call_soon: Any) -> None:
+        received.append(await receive())
+        if len(received) == 5:
+            all_received.set()
+        await release.wait()
+
+    async def server_send(message: Any) -> None:
+        pass
+
+    before = _hypercorn_queues()
+    async with group:
+        puts = [
+            await group.spawn_app(app, Config(), {"type": "websocket"}, server_send)
+            for _ in range(5)
+        ]
+        for n, put in enumerate(puts):
+            await put(frame(n))
+        with anyio.fail_after(5):
+            await all_received.wait()
+        assert sorted(m["text"] for m in received) == ["0", "1", "2", "3", "4"]
+        assert _hypercorn_queues() == before  # five applications running, no queue kept
+        release.set()

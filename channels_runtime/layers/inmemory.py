@@ -148,7 +148,9 @@ class _Channel:
     Queued messages live in arrival order in a plain list read from ``head``
     onwards (compacted as it is consumed), flattened as ``expires_at, message,
     expires_at, message, ...``: for the common one-message channel this costs a
-    fraction of a ``deque``'s 760 bytes, and no tuple per message.
+    fraction of a ``deque``'s 760 bytes, and no tuple per message. Waiting
+    receivers are a list too (one is the rule; a list of one is about 90 bytes),
+    taken from the front.
     While no receiver is waiting the channel is on the layer's timeline
     (``scheduled``), which is how expired messages and idle channels get
     collected without scanning. ``in_flight`` counts messages handed to a
@@ -163,7 +165,7 @@ class _Channel:
         self.capacity = capacity
         self.items: list[Any] = []
         self.head = 0
-        self.waiters: deque[_Waiter] | None = None
+        self.waiters: list[_Waiter] | None = None
         self.scheduled = False
         self.due = 0.0
         self.in_flight = 0
@@ -539,7 +541,7 @@ class InMemoryChannelLayer(BaseChannelLayer):
         to give the message back."""
         waiters = ch.waiters
         assert waiters
-        waiter = waiters.popleft()
+        waiter = waiters.pop(0)
         waiter.message = message
         waiter.expires_at = expires_at
         waiter.epoch = self._epoch
@@ -680,7 +682,7 @@ class InMemoryChannelLayer(BaseChannelLayer):
         waiter = _Waiter()
         waiters = ch.waiters
         if waiters is None:
-            waiters = ch.waiters = deque()
+            waiters = ch.waiters = []
         waiters.append(waiter)
         try:
             await waiter.event.wait()

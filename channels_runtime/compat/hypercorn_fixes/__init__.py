@@ -5,7 +5,8 @@ misbehaves in ways Daphne users would not expect, the fix lives in one module
 of this package, patched in place by :func:`install`:
 
 * :mod:`.app_inbox`: the final disconnect is never stuck behind a full
-  application queue (a reset client's consumer is always told it left);
+  application queue (a reset client's consumer is always told it left), and
+  the queue an idle connection holds is a few lists, not four deques;
 * :mod:`.ws_stream`: close codes (pgjones/hypercorn#127), protocol errors,
   oversized messages, bytes after the upgrade request (#225), keepalive
   with a pong timeout, a close-handshake timeout, the permessage-deflate
@@ -89,14 +90,14 @@ _PATCH_POINTS: dict[str, tuple[str, ...]] = {
         "WSStream.app_send",
         "WSStream.handle",
     ),
-    "hypercorn.asyncio.task_group": ("TaskGroup.spawn_app",),
+    "hypercorn.asyncio.task_group": ("TaskGroup.spawn_app", "_handle"),
     "hypercorn.asyncio.tcp_server": (
         "TCPServer._close",
         "TCPServer._read_data",
         "TCPServer.protocol_send",
         "TCPServer.run",
     ),
-    "hypercorn.trio.task_group": ("TaskGroup.spawn_app",),
+    "hypercorn.trio.task_group": ("TaskGroup.spawn_app", "_handle"),
     "hypercorn.trio.tcp_server": (
         "TCPServer._close",
         "TCPServer._read_data",
