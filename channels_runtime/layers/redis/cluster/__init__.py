@@ -5,7 +5,6 @@ See ``docs/redis-cluster.md`` for the settings and the guarantees.
 """
 
 from .client import ClusterRouter, ClusterUnavailable, Command, Target, slot_of
-from .pool import NodePool
 from .redirects import Redirect, parse_redirect
 from .settings import ClusterSpec, decode_cluster, find_cluster, is_cluster_entry
 from .sharded import ShardedPush, channels_by_node, parse_sharded_push
@@ -19,7 +18,6 @@ __all__ = [
     "ClusterUnavailable",
     "Command",
     "NodeAddress",
-    "NodePool",
     "Redirect",
     "Shard",
     "ShardedPush",

@@ -3,7 +3,8 @@ whatever happens to the cluster meanwhile.
 
 A :class:`ClusterRouter` belongs to one event loop (its connections do); a
 layer keeps one per loop, as it keeps its standalone pools. It holds the slot
-map (:class:`~.topology.Topology`) and a :class:`~.pool.NodePool` per node, and
+map (:class:`~.topology.Topology`) and a :class:`~..connections.Pool` per node
+(the layers' own pool: the same cap, generations and hooks), and
 runs commands in the caller's own task: no task runs in the background, and a
 cancelled caller leaves nothing behind.
 
@@ -38,9 +39,9 @@ from typing import Any, TypeVar
 
 import anyio
 
-from ..hosts import SentinelError
+from ..connections import Pool
+from ..hosts import HostSpec, SentinelError, ServerTime
 from ..protocol import CONNECTION_ERRORS, Connection, ReplyError, encode_command
-from .pool import NodePool
 from .redirects import REFRESH_CODES, RETRY_CODES, Redirect, parse_redirect
 from .settings import ClusterSpec
 from .slots import SLOT_COUNT, key_slot
@@ -111,6 +112,9 @@ class ClusterRouter:
     long a command is retried after its first failure; ``refresh_interval``
     how old the slot map may get. ``script_sources`` maps a script's SHA1 (as
     sent in ``EVALSHA``) to its source, for ``NOSCRIPT`` recovery.
+    ``pool_factory(index, spec)`` makes the pool of a newly seen node (the
+    layer's, to set ``on_open`` or count outages as its own); by default a
+    plain :class:`~..connections.Pool` owned by the router.
     """
 
     #: Pause before the second retry, doubling up to ``backoff_max``.
@@ -132,6 +136,7 @@ class ClusterRouter:
         retry_budget: float = 2.0,
         refresh_interval: float = 10.0,
         script_sources: Mapping[bytes, bytes] | None = None,
+        pool_factory: Callable[[int, HostSpec], Pool] | None = None,
     ) -> None:
         self.spec = spec
         self.max_connections = spec.max_connections or max_connections
@@ -146,7 +151,8 @@ class ClusterRouter:
         self.redirects = 0
         #: Why the last refresh failed (``None`` once one has worked).
         self.refresh_problem: str | None = None
-        self._pools: dict[NodeAddress, NodePool] = {}
+        self._pools: dict[NodeAddress, Pool] = {}
+        self._pool_factory = pool_factory or self._default_pool
         self._refresh_due = 0.0
         self._refreshed_at = -1.0
         self._refreshing: anyio.Event | None = None
@@ -159,17 +165,21 @@ class ClusterRouter:
 
     # -- nodes and the slot map ---------------------------------------------------
 
-    def pool(self, address: NodeAddress) -> NodePool:
-        """The connection pool of the node at ``address`` (made on first use)."""
+    def _default_pool(self, index: int, spec: HostSpec) -> Pool:
+        return Pool(self, index, spec, self.max_connections, ServerTime(), self.connect_timeout)
+
+    def pool(self, address: NodeAddress) -> Pool:
+        """The connection pool of the node at ``address`` (made on first use;
+        its ``spec`` is the seeds' settings with that address)."""
         pool = self._pools.get(address)
         if pool is None:
             spec = self.spec.node_spec(address.host, address.port)
-            pool = NodePool(address, spec, self.max_connections, self.connect_timeout)
-            self._pools[address] = pool
+            pool = self._pools[address] = self._pool_factory(len(self._pools), spec)
         return pool
 
     @property
-    def pools(self) -> dict[NodeAddress, NodePool]:
+    def pools(self) -> dict[NodeAddress, Pool]:
+        """Every node's pool made so far, by address."""
         return dict(self._pools)
 
     def _candidates(self) -> list[NodeAddress]:
@@ -316,8 +326,10 @@ class ClusterRouter:
     async def execute(self, target: Target, *args: Any) -> Any:
         """Run one command on the master serving ``target`` and return its
         reply; an error reply (other than those handled above) is raised as
-        :class:`~..protocol.ReplyError`."""
-        reply = (await self.execute_many([(target, args)]))[0]
+        :class:`~..protocol.ReplyError`. ``args`` are the command's arguments,
+        or a single callable building them (see :data:`Command`)."""
+        command: Command = args[0] if len(args) == 1 and callable(args[0]) else args
+        reply = (await self.execute_many([(target, command)]))[0]
         if isinstance(reply, ReplyError):
             raise reply
         return reply
@@ -498,15 +510,18 @@ class ClusterRouter:
 
     # -- for callers with their own connections -----------------------------------
 
-    async def lease(self, target: Target, *, blocking: bool = False) -> tuple[NodePool, Connection]:
-        """A connection to the master serving ``target`` now, with its pool:
+    async def lease(
+        self, target: Target, *, blocking: bool = False
+    ) -> tuple[NodeAddress, Pool, Connection]:
+        """A connection to the master serving ``target`` now, with its address and pool:
         give it back with ``pool.release(conn, blocking=...)`` or
         ``pool.discard(conn, blocking=...)``, and report what went wrong with
         :meth:`note_redirect` / :meth:`note_failure`. ``blocking`` leases
         outside the per-node cap (for ``BLPOP`` or a subscription)."""
-        pool = self.pool(await self.master_for(target))
+        address = await self.master_for(target)
+        pool = self.pool(address)
         conn = await (pool.lease_blocking() if blocking else pool.lease())
-        return pool, conn
+        return address, pool, conn
 
     # -- closing ----------------------------------------------------------------
 
