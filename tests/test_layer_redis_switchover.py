@@ -21,7 +21,7 @@ import anyio.to_thread
 import pytest
 from redis_server import SentinelSetup, info, redis_call
 
-from channels_runtime.layers.redis import RedisChannelLayer
+from channels_runtime.layers.redis import RedisChannelLayer, RedisPubSubChannelLayer
 from channels_runtime.layers.redis.connections import Pool
 
 pytestmark = pytest.mark.anyio
@@ -109,3 +109,55 @@ async def test_noreplicas_sends_the_layer_back_to_the_sentinels(
     finally:
         await sender.close()
         await receiver.close()
+
+
+async def test_pubsub_subscribers_follow_a_switchover(
+    sentinels: SentinelSetup, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The Pub/Sub layer: publishers move to the new master with their pools'
+    check, and the reader's subscribed connection makes the same check, so
+    subscribers move too (rather than wait, seconds, for Sentinel to demote
+    the old master). Messages sent from 1 s after the sentinels name the new
+    master all arrive, while the old master is still running as a master."""
+    caplog.set_level(logging.WARNING, logger=LOGGER)
+    old, new = sentinels.master, sentinels.replica
+    prefix = "psswitch" + uuid.uuid4().hex[:6]
+    receiver = RedisPubSubChannelLayer(hosts=[sentinels.hosts_entry], prefix=prefix)
+    sender = RedisPubSubChannelLayer(hosts=[sentinels.hosts_entry], prefix=prefix)
+    got: list[int] = []
+    sent: dict[int, float] = {}
+    try:
+        channel = await receiver.new_channel()
+        await receiver.group_add("room", channel)
+        await sender.group_send("room", {"n": -1})
+        with anyio.fail_after(5):
+            assert await receiver.receive(channel) == {"n": -1}
+
+        async def consume() -> None:
+            while True:
+                got.append((await receiver.receive(channel))["n"])
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(consume)
+            await anyio.to_thread.run_sync(sentinels.wait_for_link, new.port)
+            await anyio.to_thread.run_sync(sentinels.switch_over)
+            await anyio.to_thread.run_sync(sentinels.wait_for_master, new.port)
+            named_at = time.monotonic()
+            assert role(old.port) == "master"
+            n = 0
+            while time.monotonic() - named_at < 3.0:
+                await sender.group_send("room", {"n": n})
+                sent[n] = time.monotonic()
+                n += 1
+                await anyio.sleep(0.05)
+            old_role = role(old.port)
+            await anyio.sleep(0.5)
+            tg.cancel_scope.cancel()
+    finally:
+        await receiver.close()
+        await sender.close()
+    late = {n for n, at in sent.items() if at - named_at >= 1.0}
+    assert late <= set(got), sorted(late - set(got))
+    assert old_role == "master"  # so it was the check, not the demotion, that moved them
+    first = min(n for n in got if n >= 0) if any(n >= 0 for n in got) else None
+    print(f"{len(set(got) & set(sent))} of {len(sent)} received; first: {first}")

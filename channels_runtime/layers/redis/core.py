@@ -299,8 +299,8 @@ class RedisChannelLayer(RedisLayer[_LoopState]):
         self._channel_prefix = f"{prefix}:ch:"
         self._process_prefix = f"{prefix}:pr:"
         self._group_prefix = f"{prefix}:gr:"
-        #: Written once by whichever process connects first, and never deleted by
-        #: the layer: if it has gone, so has everything else (see ``_on_open``).
+        #: Written once by whichever process connects first, deleted only by
+        #: ``flush()``: if it has gone, so has everything else (see ``_on_open``).
         self._epoch_key = f"{prefix}:epoch"
         super().__init__(
             hosts,
@@ -504,7 +504,8 @@ class RedisChannelLayer(RedisLayer[_LoopState]):
                     if reply.code in _TRANSIENT_REPLIES:
                         raise Transient(str(reply))
                     raise reply
-        logger.warning(
+        logger.log(
+            logging.WARNING if restored else logging.INFO,
             "Redis at %s has lost its data (restarted without persistence, or flushed): "
             "restored %d group membership(s) of this process in %d group(s)",
             pool.spec.describe(),

@@ -602,6 +602,11 @@ class RedisPubSubChannelLayer(RedisLayer[_LoopState]):
                         raise TimeoutError(f"no answer to PING within {self.socket_timeout:g}s")
                     await sub.ping(self.socket_timeout)
                     continue
+                if sub.watched:
+                    if sub.watch_due <= now:
+                        await sub.check_master(self.connect_timeout)
+                        continue
+                    due = min(due, sub.watch_due)
                 with anyio.move_on_after(due - now) as quiet:
                     refresh_at = now + 1.0
                     while not me.done:
@@ -611,9 +616,12 @@ class RedisPubSubChannelLayer(RedisLayer[_LoopState]):
                         now = sub.last_heard = _monotonic()
                         if sub.pinged_at is not None or now >= refresh_at:
                             # Heard from: push the silence deadline on (at most
-                            # once a second, unless a PING was waiting).
+                            # once a second, unless a PING was waiting), but
+                            # not past the next check of the Sentinel master.
                             sub.pinged_at = None
-                            quiet.deadline = anyio.current_time() + interval
+                            quiet.deadline = anyio.current_time() + (
+                                min(interval, sub.watch_due - now) if sub.watched else interval
+                            )
                             refresh_at = now + 1.0
                         self._on_push(state, sub, reply)
         except _READER_FAILURES as exc:

@@ -33,8 +33,8 @@ from typing import Any
 
 import anyio
 
-from .connections import Outage
-from .hosts import HostSpec, ServerTime, open_connection
+from .connections import FAILURES_OR_REPLIES, Outage, Pool
+from .hosts import HostSpec, SentinelError, ServerTime, named_master, open_connection
 from .protocol import Connection, encode_command
 
 __all__ = ["Subscriber"]
@@ -81,6 +81,8 @@ class Subscriber:
         "spec",
         "waiters",
         "wanted",
+        "watch_due",
+        "watched",
     )
 
     def __init__(self, index: int, spec: HostSpec, clock: ServerTime, outage: Outage) -> None:
@@ -111,6 +113,9 @@ class Subscriber:
         #: an unanswered PING was sent.
         self.last_heard = 0.0
         self.pinged_at: float | None = None
+        #: Sentinel: when to check next that the server is still the master.
+        self.watched = bool(spec.sentinels)
+        self.watch_due = 0.0
 
     # -- what is wanted ---------------------------------------------------------------
 
@@ -217,6 +222,24 @@ class Subscriber:
         if conn is not None:
             with anyio.CancelScope(shield=True):
                 await conn.aclose()
+
+    async def check_master(self, connect_timeout: float) -> None:
+        """Raise :class:`~.hosts.SentinelError` if the sentinels name another
+        master than the one this connection leads to (a switchover: the old
+        master keeps running until Sentinel demotes it, and publishers have
+        moved on, see :class:`~.connections.Pool`). Sentinels that do not
+        answer are not a reason to drop a working connection."""
+        self.watch_due = time.monotonic() + Pool.sentinel_check_interval
+        conn = self.conn
+        try:
+            named = await named_master(self.spec, connect_timeout)
+        except FAILURES_OR_REPLIES:
+            return
+        if conn is not None and conn.address is not None and named != conn.address:
+            raise SentinelError(
+                f"the sentinels name {named[0]}:{named[1]} as master now, "
+                f"not {conn.address[0]}:{conn.address[1]}"
+            )
 
     def abandon(self) -> None:
         """The event loop has ended: shut the socket down without it."""
