@@ -16,7 +16,12 @@ How the pieces fit (the *why* of each is in the docstrings below):
   own tasks, under their cancel scopes, and nothing is left running when they
   stop;
 * connections are per event loop (see :class:`_LoopState`), so the layer can be
-  used from one ``anyio.run`` after another, and from several loops in threads.
+  used from one ``anyio.run`` after another, and from several loops in threads;
+* each event loop remembers the group memberships it made, and adds them again
+  when a server turns out to have lost its data (:meth:`RedisChannelLayer._on_open`).
+
+What both Redis layers share (connections, retries, routing, per-loop state)
+is in :mod:`.layer` and :mod:`.connections`.
 """
 
 from __future__ import annotations

@@ -61,11 +61,15 @@ read from the socket: it goes to the next receiver of that channel, or back to
 the front of its queue.
 
 **Redis restarts.** The reader notices at once (the socket ends), reconnects
-with backoff, and re-subscribes every topic that has a local receiver, queue or
-member; waiting receivers simply go on waiting. ``on_disconnect`` and
-``on_reconnect`` (message types, as in channels_redis) are sent to the affected
-local channels so consumers can re-sync. Sends while Redis is down retry for
-``retry_budget`` seconds, then raise :class:`~.core.RedisUnavailable`.
+with backoff (capped at ``backoff_max``, 0.25 s, so it is back within a fraction
+of a second of Redis), and re-subscribes every topic that has a local receiver,
+queue or member, which restores this process's group memberships; waiting
+receivers simply go on waiting. With Sentinel it also checks every 0.5 s that
+the server is still the master (see :class:`~.connections.Pool`).
+``on_disconnect`` and ``on_reconnect`` (message types, as in channels_redis)
+are sent to the affected local channels so consumers can re-sync. Sends while
+Redis is down retry for ``retry_budget`` seconds, then raise
+:class:`~.core.RedisUnavailable`.
 """
 
 from __future__ import annotations
