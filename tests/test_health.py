@@ -26,7 +26,7 @@ import pytest
 import yaml
 from conftest import postgres_settings
 from e2e_app.harness import Server, base_env, cli_command
-from redis_server import RedisServer
+from redis_server import RedisServer, free_port
 
 from channels_runtime import cli
 from channels_runtime.layers.redis import RedisChannelLayer, RedisPubSubChannelLayer
@@ -397,6 +397,48 @@ def test_endpoints_on_both_binds(worker_class: str, tmp_path: Path) -> None:
         assert "No route found for path '/readyz' (http)" in server.log()
         status, _, _ = get(metrics + "/nothing-here")
         assert status == 404
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_the_health_routes_answer_from_the_first_connection(workers: int, tmp_path: Path) -> None:
+    # A probe that reaches the metrics bind the moment it listens is answered by
+    # the health routes (503 "starting" at worst), never by a 404.
+    port = free_port()
+    (tmp_path / "hypercorn.toml").write_text("graceful_timeout = 1.0\n")
+    server = Server(
+        [
+            *cli_command(),
+            "serve",
+            "tests.e2e_app.asgi",
+            "-b",
+            "127.0.0.1:0",
+            "--metrics-bind",
+            f"127.0.0.1:{port}",
+            "-w",
+            str(workers),
+            "-c",
+            str(tmp_path / "hypercorn.toml"),
+        ],
+        log_path=tmp_path / "server.log",
+        env=base_env(),
+    )
+    try:
+        seen: dict[str, list[int]] = {"/healthz": [], "/readyz": []}
+        deadline = time.monotonic() + 30
+        while seen["/readyz"][-1:] != [200]:
+            assert time.monotonic() < deadline, f"{seen}\n{server.log()}"
+            for path, statuses in seen.items():
+                try:
+                    statuses.append(
+                        httpx.get(f"http://127.0.0.1:{port}{path}", timeout=5).status_code
+                    )
+                except httpx.TransportError:
+                    time.sleep(0.002)  # not listening yet
+        assert seen["/healthz"], "the bind never answered"
+        assert set(seen["/healthz"]) == {200}, seen
+        assert set(seen["/readyz"]) <= {200, 503}, seen
     finally:
         server.close()
 

@@ -350,6 +350,10 @@ def run_serve(spec: ServeSpec) -> int:
         if metrics is not None:
             metrics.stop()
         return EXIT_FAILURE
+    # The health routes are in place before the metrics bind listens: a probe
+    # that comes early is told "starting" (503), never "not found".
+    readiness = SupervisorReadiness(workers) if supervised else ServerReadiness()
+    health = _health_endpoints(config, readiness.check, metrics)
     if metrics is not None:
         try:
             metrics.start()
@@ -383,17 +387,16 @@ def run_serve(spec: ServeSpec) -> int:
     if config.pid_path:
         Path(config.pid_path).write_text(f"{os.getpid()}\n")
     try:
-        if not supervised:
-            readiness = ServerReadiness()
+        if isinstance(readiness, ServerReadiness):
             return _serve_in_this_process(
                 project.app,
                 config,
                 sockets,
                 metrics=_publisher(spec, supervised=False),
                 readiness=readiness,
-                health=_health_endpoints(config, readiness.check, metrics),
+                health=health,
             )
-        return _Supervisor(spec, config, sockets, workers, metrics).run()
+        return _Supervisor(spec, config, sockets, workers, metrics, readiness, health).run()
     finally:
         if metrics is not None:
             metrics.stop()
@@ -541,7 +544,14 @@ class _Supervisor:
     """Runs and watches the worker processes; see the module docstring."""
 
     def __init__(
-        self, spec: ServeSpec, config: Config, sockets: Sockets, workers: int, metrics: Any = None
+        self,
+        spec: ServeSpec,
+        config: Config,
+        sockets: Sockets,
+        workers: int,
+        metrics: Any = None,
+        readiness: SupervisorReadiness | None = None,
+        health: HealthEndpoints | None = None,
     ) -> None:
         self.spec = spec
         #: The run's MetricsRun (or None), told of every worker reaped.
@@ -560,7 +570,9 @@ class _Supervisor:
         os.set_blocking(self._wake_reader, False)
         os.set_blocking(self._wake_writer, False)
         #: What /readyz on the metrics bind reports: this process and every worker.
-        self.readiness = SupervisorReadiness(workers)
+        self.readiness = readiness or SupervisorReadiness(workers)
+        #: The metrics bind's /healthz and /readyz (their routes already added), or None.
+        self.health = health
         self.drain_seconds = options_from_config(config).drain_seconds
 
     # Signal handlers run between bytecodes of the main thread; they only record
@@ -704,7 +716,7 @@ class _Supervisor:
         need one; it is the worker class's, and the layers opened on it are
         closed with it.
         """
-        endpoints = _health_endpoints(self.config, self.readiness.check, self.metrics)
+        endpoints = self.health
         if endpoints is None:
             yield
             return
