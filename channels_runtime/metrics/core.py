@@ -77,7 +77,34 @@ class Metric:
         raise NotImplementedError
 
 
-class Counter(Metric):
+class _Values(Metric):
+    """A plain number per series, and optionally ``collect``: a function returning
+    ``(label values, value)`` pairs computed when the values are copied."""
+
+    def __init__(
+        self,
+        name: str,
+        documentation: str,
+        labels: tuple[str, ...] = (),
+        *,
+        collect: Callable[[], Iterable[tuple[Key, float]]] | None = None,
+    ) -> None:
+        super().__init__(name, documentation, labels)
+        self.values: dict[Key, float] = {}
+        self.collect = collect
+
+    def inc(self, key: Key = (), amount: float = 1) -> None:
+        values = self.values
+        values[key] = values.get(key, 0) + amount
+
+    def copy_values(self) -> list[list[Any]]:
+        return _copy(self.values, self.collect)
+
+    def clear(self) -> None:
+        self.values.clear()
+
+
+class Counter(_Values):
     """Only goes up. ``values[key] += n`` is the whole update; :meth:`inc` is the readable form.
 
     The name is the Prometheus sample name, ``..._total`` included. ``collect``
@@ -97,22 +124,10 @@ class Counter(Metric):
     ) -> None:
         if not name.endswith("_total"):
             raise ValueError(f"counter {name!r} must end with '_total'")
-        super().__init__(name, documentation, labels)
-        self.values: dict[Key, float] = {}
-        self.collect = collect
-
-    def inc(self, key: Key = (), amount: float = 1) -> None:
-        values = self.values
-        values[key] = values.get(key, 0) + amount
-
-    def copy_values(self) -> list[list[Any]]:
-        return _copy(self.values, self.collect)
-
-    def clear(self) -> None:
-        self.values.clear()
+        super().__init__(name, documentation, labels, collect=collect)
 
 
-class Gauge(Metric):
+class Gauge(_Values):
     """A value of this process now; summed over the live workers, dropped with a dead one.
 
     Either updated in place (``inc``/``dec``/``set``), or computed when copied by
@@ -123,34 +138,12 @@ class Gauge(Metric):
 
     kind = "gauge"
 
-    def __init__(
-        self,
-        name: str,
-        documentation: str,
-        labels: tuple[str, ...] = (),
-        *,
-        collect: Callable[[], Iterable[tuple[Key, float]]] | None = None,
-    ) -> None:
-        super().__init__(name, documentation, labels)
-        self.values: dict[Key, float] = {}
-        self.collect = collect
-
-    def inc(self, key: Key = (), amount: float = 1) -> None:
-        values = self.values
-        values[key] = values.get(key, 0) + amount
-
     def dec(self, key: Key = (), amount: float = 1) -> None:
         values = self.values
         values[key] = values.get(key, 0) - amount
 
     def set(self, key: Key = (), value: float = 0) -> None:
         self.values[key] = value
-
-    def copy_values(self) -> list[list[Any]]:
-        return _copy(self.values, self.collect)
-
-    def clear(self) -> None:
-        self.values.clear()
 
 
 class Histogram(Metric):
