@@ -431,6 +431,7 @@ def main() -> None:
         if not args.no_pin and hasattr(os, "sched_setaffinity"):
             os.sched_setaffinity(0, {0})
         started = time.monotonic()
+        load_before = os.getloadavg()[0]
         results: dict[str, list[dict[str, Any]]] = {}
         for rnd in range(args.rounds):
             order = chosen if rnd % 2 == 0 else list(reversed(chosen))
@@ -472,7 +473,8 @@ def main() -> None:
         where = "a private redis-server pinned to CPU 1" if args.redis is None else url
         out = [
             f"Machine: {machine(address)}.",
-            f"Redis: {where}; {pinned}median over rounds (min\N{EN DASH}max). Took {took:.0f} s.",
+            f"Redis: {where}; {pinned}median over rounds (min\N{EN DASH}max). Took {took:.0f} s; "
+            f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after.",
             "",
             *tables(results, args),
         ]

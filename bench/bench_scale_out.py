@@ -43,6 +43,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -447,8 +448,9 @@ def tables(results: dict[str, list[dict[str, Any]]], args: argparse.Namespace) -
             "(figures at that rate's step)",
             "",
             "| variant | broadcasts/s | messages/s delivered | first failing rate "
-            "| p50 / p99 at that rate (ms) | server CPU use | server CPU (ms per broadcast) "
-            f"| Redis CPU use | load gen CPU | {base} |",
+            "| p50 / p99 at that rate (ms) | server CPU (% of one CPU) "
+            "| server CPU (ms per broadcast) "
+            f"| Redis CPU (% of one CPU) | load gen CPU | {base} |",
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for key in keys:
@@ -593,6 +595,7 @@ def main() -> None:
     ensure_node_deps()
 
     started = time.monotonic()
+    load_before = os.getloadavg()[0]
     results: dict[str, list[dict[str, Any]]] = {}
     with contextlib.ExitStack() as stack:
         url = args.redis
@@ -635,7 +638,8 @@ def main() -> None:
         + ".",
         PLACEMENT_TEXT[args.placement] + " "
         f"{args.rounds} rounds, each starting every variant once (order reversed every other "
-        f"round); median over rounds (min\N{EN DASH}max). Took {took:.0f} s.",
+        f"round); median over rounds (min\N{EN DASH}max). Took {took:.0f} s; load average "
+        f"{load_before:.1f} before, {os.getloadavg()[0]:.1f} after.",
         *notes,
         "",
         *tables(results, args),
