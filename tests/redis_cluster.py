@@ -141,7 +141,8 @@ class RedisCluster:
 
     def call_many(self, port: int, commands: Sequence[Sequence[object]]) -> list[Any]:
         """Several commands in one write (no AUTH, no TLS: a plain cluster)."""
-        assert self.tls is None and self.password is None
+        assert self.tls is None
+        assert self.password is None
         with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
             sock.sendall(b"".join(_encode(*command) for command in commands))
             with sock.makefile("rb") as reader:
@@ -231,10 +232,12 @@ class RedisCluster:
             raise
         return self
 
-    def wait_healthy(self, timeout: float = 30.0) -> None:
+    def wait_healthy(self, timeout: float = 30.0, *, acknowledged: bool = True) -> None:
         """Wait until every running node says ``cluster_state:ok``, all agree on
         the owner of every slot, every slot is owned by a running master, and
-        each master has its replicas linked and caught up."""
+        each master has its replicas linked and caught up; with
+        ``acknowledged``, also as the masters see it (which needs a pause in
+        the writes: replicas acknowledge once a second)."""
 
         def healthy() -> bool:
             views = []
@@ -264,6 +267,19 @@ class RedisCluster:
                     master = self.info(int(replication["master_port"]), "replication")
                     if replication["slave_repl_offset"] != master["master_repl_offset"]:
                         return False
+                    # And the master's side: the replica is online and has
+                    # acknowledged everything. Until its first acknowledgement
+                    # (replicas send one a second) a master that has just fed
+                    # it a full copy may hold back the writes that follow, and
+                    # a failover then loses them.
+                    if not acknowledged:
+                        continue
+                    links = [v for k, v in master.items() if k[:5] == "slave" and k[5:].isdigit()]
+                    mine = [v for v in links if f"port={port}," in v]
+                    if len(mine) != 1 or "state=online" not in mine[0]:
+                        return False
+                    if f"offset={master['master_repl_offset']}," not in mine[0]:
+                        return False
             return True
 
         wait_until(healthy, timeout, "the cluster to be healthy on every node")
@@ -275,7 +291,7 @@ class RedisCluster:
         reply = self.call(replica, "CLUSTER", "FAILOVER")
         assert reply == "OK", reply
         wait_until(lambda: self.role(replica) == "master", timeout, f"{replica} to be promoted")
-        self.wait_healthy(timeout)
+        self.wait_healthy(timeout, acknowledged=False)  # (callers may be writing)
         return replica
 
     def crash(self, master_port: int) -> int:
@@ -308,6 +324,14 @@ class RedisCluster:
         self.node(port).start()
         self.wait_healthy(timeout)
 
+    def heal(self, timeout: float = 30.0) -> None:
+        """Restart every node that is not running (a test that killed one
+        failed before reviving it), and wait until the cluster is healthy."""
+        for node in self.nodes:
+            if node.process is None:
+                node.start()
+        self.wait_healthy(timeout)
+
     def reshard(self, source_port: int, target_port: int, slots: int) -> None:
         """Move ``slots`` slots from one master to another with ``redis-cli
         --cluster reshard`` (keys included), then wait until all nodes agree."""
@@ -317,7 +341,7 @@ class RedisCluster:
             "--cluster-to", self.node_id(target_port),
             "--cluster-slots", str(slots), "--cluster-yes",
         )  # fmt: skip
-        self.wait_healthy()
+        self.wait_healthy(acknowledged=False)  # (callers may be writing)
 
     def begin_migration(self, slot: int, target_port: int) -> int:
         """Start moving ``slot`` to the master on ``target_port`` by hand and stop
