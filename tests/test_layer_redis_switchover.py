@@ -77,6 +77,40 @@ async def test_sends_leave_the_old_master_before_it_is_demoted(
         await receiver.close()
 
 
+async def test_a_receiver_waiting_on_the_old_master_is_moved(sentinels: SentinelSetup) -> None:
+    """A receiver blocked in ``BLPOP`` on the old master when the switchover
+    happens: the next command of its process finds the master changed, and
+    the pool shuts the blocked connection down, so the receiver waits on the
+    new master at once (not after its ``BLPOP`` times out, 5 s later, or when
+    Sentinel demotes the old master) and gets what is sent there."""
+    old, new = sentinels.master, sentinels.replica
+    layer = RedisChannelLayer(hosts=[sentinels.hosts_entry], retry_budget=10)
+    got: list[Any] = []
+
+    async def receive() -> None:
+        got.append(await layer.receive("inbox"))
+
+    try:
+        await layer.send("warm", {"pool": "filled"})
+        await anyio.to_thread.run_sync(sentinels.wait_for_link, new.port)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(receive)
+            await poll(
+                lambda: info(old.port, "clients")["blocked_clients"] == "1",
+                "the receiver to block on the old master",
+            )
+            await anyio.to_thread.run_sync(sentinels.switch_over)
+            await anyio.to_thread.run_sync(sentinels.wait_for_master, new.port)
+            assert role(old.port) == "master"
+            await layer.send("inbox", {"to": "the new master"})
+            with anyio.fail_after(3):
+                await poll(lambda: bool(got), "the message", seconds=3)
+        assert got == [{"to": "the new master"}]
+        assert role(old.port) == "master"  # it was the pool that moved, not a demotion
+    finally:
+        await layer.close()
+
+
 async def test_noreplicas_sends_the_layer_back_to_the_sentinels(
     sentinels: SentinelSetup, monkeypatch: pytest.MonkeyPatch
 ) -> None:

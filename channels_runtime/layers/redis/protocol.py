@@ -21,6 +21,7 @@ received stay in the buffer for the next call).
 
 from __future__ import annotations
 
+import os
 import socket
 import ssl
 from typing import Any
@@ -226,6 +227,20 @@ class Connection:
             return None
         try:
             sock.shutdown(socket.SHUT_RDWR)
+        except (TypeError, AttributeError):
+            # uvloop hands out a stand-in that refuses shutdown(): shut the
+            # socket down through a duplicate of its descriptor (shutting down
+            # acts on the socket, which both descriptors share).
+            try:
+                duplicate = socket.socket(fileno=os.dup(sock.fileno()))
+            except OSError:
+                return sock
+            try:
+                duplicate.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            finally:
+                duplicate.close()
         except OSError:
             pass
         return sock
