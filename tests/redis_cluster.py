@@ -235,9 +235,9 @@ class RedisCluster:
     def wait_healthy(self, timeout: float = 30.0, *, acknowledged: bool = True) -> None:
         """Wait until every running node says ``cluster_state:ok``, all agree on
         the owner of every slot, every slot is owned by a running master, and
-        each master has its replicas linked and caught up; with
-        ``acknowledged``, also as the masters see it (which needs a pause in
-        the writes: replicas acknowledge once a second)."""
+        each replica is linked to a master. With ``acknowledged`` (which needs
+        a pause in the writes), also that each replica has caught up, as it
+        and as its master see it (replicas acknowledge once a second)."""
 
         def healthy() -> bool:
             views = []
@@ -264,6 +264,8 @@ class RedisCluster:
                         return False
                     if int(replication["master_port"]) not in owners:
                         return False
+                    if not acknowledged:
+                        continue  # under writes, offsets are never seen equal
                     master = self.info(int(replication["master_port"]), "replication")
                     if replication["slave_repl_offset"] != master["master_repl_offset"]:
                         return False
@@ -272,8 +274,6 @@ class RedisCluster:
                     # (replicas send one a second) a master that has just fed
                     # it a full copy may hold back the writes that follow, and
                     # a failover then loses them.
-                    if not acknowledged:
-                        continue
                     links = [v for k, v in master.items() if k[:5] == "slave" and k[5:].isdigit()]
                     mine = [v for v in links if f"port={port}," in v]
                     if len(mine) != 1 or "state=online" not in mine[0]:
@@ -288,9 +288,18 @@ class RedisCluster:
         """Manual failover: a replica of ``master_port`` takes over (``CLUSTER
         FAILOVER``, which waits for it to have every write). Returns its port."""
         replica = self.replica_of(master_port)
-        reply = self.call(replica, "CLUSTER", "FAILOVER")
-        assert reply == "OK", reply
-        wait_until(lambda: self.role(replica) == "master", timeout, f"{replica} to be promoted")
+        deadline = time.monotonic() + timeout
+        while True:
+            # A manual failover gives up after 5 s (a replica too slow to catch
+            # up, on a busy machine): ask again until the time is up.
+            reply = self.call(replica, "CLUSTER", "FAILOVER")
+            assert reply == "OK", reply
+            try:
+                wait_until(lambda: self.role(replica) == "master", 6, f"{replica} to be promoted")
+                break
+            except AssertionError:
+                if time.monotonic() > deadline:
+                    raise
         self.wait_healthy(timeout, acknowledged=False)  # (callers may be writing)
         return replica
 
@@ -322,6 +331,18 @@ class RedisCluster:
         """Restart a killed node on its port, with its cluster configuration: it
         rejoins as a replica of whoever took its slots, and resyncs (empty)."""
         self.node(port).start()
+        self.wait_healthy(timeout)
+
+    def kill_all(self) -> None:
+        """SIGKILL every node (their cluster configuration files stay)."""
+        for node in self.nodes:
+            node.kill()
+
+    def start_all(self, timeout: float = 30.0) -> None:
+        """Start every node again on its port: the cluster forms again from
+        the nodes' configuration files, with the same roles, and no data."""
+        for node in self.nodes:
+            node.start()
         self.wait_healthy(timeout)
 
     def heal(self, timeout: float = 30.0) -> None:

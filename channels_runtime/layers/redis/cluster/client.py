@@ -185,9 +185,11 @@ class ClusterRouter:
     def _candidates(self) -> list[NodeAddress]:
         """Nodes to ask for the map: known masters, then replicas, then seeds,
         in random order within each, and nodes that just failed last."""
-        known = self.topology.nodes if self.topology is not None else []
-        masters = [a for a in known if self.topology and a in self.topology.masters]
-        others = [a for a in known if a not in masters]
+        topology = self.topology
+        known = topology.nodes if topology is not None else []
+        serving = set(topology.masters) if topology is not None else set()
+        masters = [a for a in known if a in serving]
+        others = [a for a in known if a not in serving]
         random.shuffle(masters)
         random.shuffle(others)
         seeds = [NodeAddress(s.host or "localhost", s.port) for s in self.spec.seeds]

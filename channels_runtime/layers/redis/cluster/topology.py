@@ -65,11 +65,12 @@ class Topology:
     """The slot map: which master serves each slot (``None``: nobody does, as
     while a failed master's slots wait for a replica to take over)."""
 
-    __slots__ = ("_masters", "_owner", "shards")
+    __slots__ = ("_masters", "_owner", "_serving", "shards")
 
     def __init__(self, shards: Iterable[Shard]) -> None:
         self.shards: tuple[Shard, ...] = tuple(shards)
         self._masters: list[NodeAddress] = []
+        self._serving: list[NodeAddress] | None = None
         self._owner = array("h", [_NONE]) * SLOT_COUNT
         for shard in self.shards:
             for start, end in shard.ranges:
@@ -93,11 +94,15 @@ class Topology:
         """Record that ``address`` serves ``slot`` now (what ``MOVED`` says),
         until the next full refresh replaces the whole map."""
         self._owner[slot] = self._index(address)
+        self._serving = None
 
     @property
     def masters(self) -> list[NodeAddress]:
         """The masters that serve at least one slot, each once."""
-        return [self._masters[i] for i in sorted({i for i in self._owner if i != _NONE})]
+        if self._serving is None:
+            used = sorted(set(self._owner) - {_NONE})
+            self._serving = [self._masters[i] for i in used]
+        return list(self._serving)
 
     @property
     def nodes(self) -> list[NodeAddress]:
