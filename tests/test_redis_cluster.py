@@ -33,6 +33,7 @@ from channels_runtime.layers.redis.cluster import (
     ClusterUnavailable,
     NodeAddress,
     Topology,
+    channels_by_node,
     crc16,
     decode_cluster,
     find_cluster,
@@ -459,6 +460,11 @@ async def test_sharded_pubsub_follows_a_moved_slot(cluster: RedisCluster) -> Non
             )
         finally:
             await pool.discard(conn, blocking=True, fault=False)
+        # Channels to subscribe to, by node then slot: one SSUBSCRIBE per slot.
+        names = [channel, *(f"other:{n}" for n in range(20))]
+        plan = await channels_by_node(router, names)
+        assert plan[NodeAddress(LOCAL, target)][slot] == [channel]
+        assert sorted(c for by in plan.values() for cs in by.values() for c in cs) == sorted(names)
     assert parse_sharded_push([b"pong", b""]) is None
 
 
