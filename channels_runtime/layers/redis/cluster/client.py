@@ -204,7 +204,9 @@ class ClusterRouter:
         pool = self.pool(address)
         conn = await pool.lease()
         try:
-            with anyio.fail_after(self.socket_timeout):
+            # Bounded like connecting: a node that does not answer at once is
+            # skipped for the next one, rather than holding every caller up.
+            with anyio.fail_after(self.connect_timeout):
                 topology, self._use_shards = await fetch_topology(
                     conn, address.host, tls=self.spec.tls, use_shards=self._use_shards
                 )
@@ -223,9 +225,12 @@ class ClusterRouter:
         Raises :class:`ClusterUnavailable` if no node could be asked."""
         running = self._refreshing
         if running is not None:
+            asked = _monotonic()
             await running.wait()
-            if self.topology is not None and self._refreshed_at >= _monotonic() - 1.0:
+            if self.topology is not None and self._refreshed_at >= asked:
                 return self.topology
+            # That refresh failed: so would ours, now (the caller retries later).
+            raise ClusterUnavailable(self.refresh_problem or "the slot map could not be fetched")
         done = self._refreshing = anyio.Event()
         problems: list[str] = []
         try:
