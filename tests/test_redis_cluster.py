@@ -44,7 +44,8 @@ from channels_runtime.layers.redis.cluster import (
     parse_sharded_push,
 )
 from channels_runtime.layers.redis.cluster.client import _Job
-from channels_runtime.layers.redis.hosts import ConfigurationError
+from channels_runtime.layers.redis.connections import Pool
+from channels_runtime.layers.redis.hosts import ConfigurationError, HostSpec, ServerTime
 from channels_runtime.layers.redis.protocol import ReplyError
 
 LOCAL = "127.0.0.1"
@@ -211,6 +212,18 @@ async def test_topology_discovery(cluster: RedisCluster) -> None:
         router._use_shards = False  # what a server without CLUSTER SHARDS leads to
         router.topology = None
         assert owners(await router.refresh()) == expected
+    # The layer's hook makes each node's pool; a node's spec has its address.
+    made: list[tuple[int, str | None, int]] = []
+
+    def factory(index: int, spec: HostSpec) -> Pool:
+        made.append((index, spec.host, spec.port))
+        return Pool(None, index, spec, 4, ServerTime(), 1.0)
+
+    async with routing(cluster, pool_factory=factory) as router:
+        await router.execute_many([(slot, ("PING",)) for slot in (0, 8000, 16383)])
+        assert [i for i, _, _ in made] == list(range(len(made)))
+        assert {NodeAddress(str(h), p) for _, h, p in made} == set(router.pools)
+        assert {m.port for m in router.pools} >= set(cluster.master_ports())
     # The first seed refuses connections, the second is a replica: still found.
     replica = cluster.replica_of(cluster.master_ports()[0])
     spec = decode_cluster({"cluster": True, "nodes": [(LOCAL, free_port()), (LOCAL, replica)]})
