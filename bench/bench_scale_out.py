@@ -116,11 +116,6 @@ class Variant:
             ]  # fmt: skip
         raise ValueError(f"unknown server {self.server!r}")
 
-    @property
-    def processes(self) -> int:
-        """Server processes started (``serve -w 2`` is one supervisor)."""
-        return 1 if self.server == "serve-w2" else 2
-
 
 LAYER_NAMES = {
     ("ours", "core"): "RedisChannelLayer",
