@@ -1,4 +1,4 @@
-"""``compat.wakeup``: the one-waiter wake-up the in-memory layer parks receivers on."""
+"""``compat.wakeup``: the one-waiter wake-up the in-memory layer parks receivers on, and Notice."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 import anyio
 import pytest
 
-from channels_runtime.compat.wakeup import new_wakeup
+from channels_runtime.compat.wakeup import Notice, new_wakeup
 
 pytestmark = pytest.mark.anyio
 
@@ -53,3 +53,38 @@ async def test_the_wakeup_belongs_to_the_running_loop(anyio_backend: Any) -> Non
     kind = type(new_wakeup()).__name__
     expected = "_TrioWakeup" if anyio_backend[0] == "trio" else "_AsyncioWakeup"
     assert kind == expected
+
+
+async def test_a_notice_wakes_every_waiter_and_each_deadline_is_its_own(
+    anyio_backend: Any,
+) -> None:
+    notice = Notice()
+    results: dict[str, tuple[bool, float]] = {}
+    start = anyio.current_time()
+
+    async def waiter(name: str, seconds: float) -> None:
+        woke = await notice.wait_until(anyio.current_time() + seconds)
+        results[name] = (woke, anyio.current_time() - start)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(waiter, "short", 0.05)
+        group.start_soon(waiter, "long-a", 10)
+        group.start_soon(waiter, "long-b", 10)
+        await anyio.sleep(0.3)
+        assert list(results) == ["short"]  # its deadline passed, the others wait on
+        notice.set()
+    assert results["short"][0] is False
+    assert 0.05 <= results["short"][1] < 0.3
+    assert results["long-a"][0] is results["long-b"][0] is True
+    assert results["long-a"][1] < 1  # woken by set(), not by the deadline
+    assert notice._waiters is None
+    assert await notice.wait_until(anyio.current_time() + 10) is True  # set: at once
+
+
+async def test_a_cancelled_notice_waiter_leaves_nothing_behind(anyio_backend: Any) -> None:
+    notice = Notice()
+    with anyio.move_on_after(0.05):
+        await notice.wait_until(anyio.current_time() + 10)
+    assert notice._waiters == []
+    assert not notice.is_set()
+    assert await notice.wait_until(anyio.current_time() - 1) is False  # past: returns

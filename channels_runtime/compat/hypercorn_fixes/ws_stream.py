@@ -81,6 +81,7 @@ from wsproto.utilities import LocalProtocolError
 
 from channels_runtime import metrics
 from channels_runtime.asgi import describe_client
+from channels_runtime.compat.wakeup import Notice
 
 from .options import PERMESSAGE_DEFLATE, PING_TIMEOUT, option
 
@@ -164,7 +165,7 @@ class WebSocketStream(WSStream):
         self.close_reason: str = ""
         self._heard = False  # any frame from the peer since the last ping
         self._refused = False  # the handshake was refused by the server itself
-        self._closed_event: anyio.Event | None = None  # made when a task waits for the end
+        self._closed_event: Notice | None = None  # made when a task waits for the end
         #: The connection's metrics record (channels_runtime.metrics.connections), when on.
         self.metrics_record: Any = None
 
@@ -318,9 +319,11 @@ class WebSocketStream(WSStream):
 
     # -- tasks that end with the connection ----------------------------------
 
-    def _ended(self) -> anyio.Event:
+    def _ended(self) -> Notice:
+        # A Notice, not an anyio.Event under move_on_after: the keepalive task
+        # waits on it for the whole connection, and that pair costs about 1.5 KB.
         if self._closed_event is None:
-            self._closed_event = anyio.Event()
+            self._closed_event = Notice()
         return self._closed_event
 
     async def _accept(self, message: Any) -> None:
@@ -339,8 +342,7 @@ class WebSocketStream(WSStream):
 
     async def _end_after_close_timeout(self) -> None:
         """After a server close, give the client :data:`CLOSE_TIMEOUT` s to answer."""
-        with anyio.move_on_after(CLOSE_TIMEOUT):
-            await self._ended().wait()
+        await self._ended().wait_until(anyio.current_time() + CLOSE_TIMEOUT)
         if not self.closed:
             await self.send(StreamClosed(stream_id=self.stream_id))
 
@@ -358,8 +360,7 @@ class WebSocketStream(WSStream):
         answer_by: float | None = None
         while True:
             wake_at = next_ping if answer_by is None else min(next_ping, answer_by)
-            with anyio.move_on_after(max(wake_at - now, 0.0)):
-                await ended.wait()
+            await ended.wait_until(wake_at)
             if self.closed or self.state is not ASGIWebsocketState.CONNECTED:
                 return
             now = anyio.current_time()
