@@ -90,11 +90,14 @@ import anyio.lowlevel
 from ... import metrics
 from ...compat.wakeup import Wakeup, new_wakeup
 from ..base import Message
-from .connections import FAILURES, Outage, RedisUnavailable
+from .cluster import ClusterSpec, ClusterUnavailable, find_cluster
+from .connections import FAILURES, Outage, Pool, RedisUnavailable
 from .layer import LayerOptions, LoopState, RedisLayer
+from .ping import ping_servers
 from .protocol import Connection, ProtocolError, ReplyError
+from .pubsub_cluster import ShardedTopics
 from .queues import pop_live
-from .subscriber import Subscriber
+from .subscriber import ShardedSubscriber, Subscriber
 
 __all__ = ["RedisPubSubChannelLayer"]
 
@@ -179,6 +182,7 @@ class _LoopState(LoopState):
     __slots__ = (
         "buffered",
         "channels",
+        "cluster",
         "group_adds",
         "groups",
         "heap",
@@ -194,10 +198,17 @@ class _LoopState(LoopState):
 
     def __init__(self, layer: RedisPubSubChannelLayer, token: Any) -> None:
         super().__init__(layer, token)
-        self.subscribers = [
-            Subscriber(i, spec, layer._clocks[i], Outage(layer, spec.describe()))
-            for i, spec in enumerate(layer.hosts)
-        ]
+        self.subscribers: list[Subscriber] = []
+        #: Cluster mode: the sharded subscriptions (one subscriber per master,
+        #: appended to ``subscribers`` as masters are met).
+        self.cluster: ShardedTopics | None = None
+        if layer._cluster is not None:
+            self.cluster = ShardedTopics(layer, layer._cluster, self.subscribers)
+        else:
+            self.subscribers += [
+                Subscriber(i, spec, layer._clocks[i], Outage(layer, spec.describe()))
+                for i, spec in enumerate(layer.hosts)
+            ]
         self.channels: dict[str, _Channel] = {}
         #: group -> {member channel: monotonic time its membership ends}
         self.groups: dict[str, dict[str, float]] = {}
@@ -219,10 +230,15 @@ class _LoopState(LoopState):
         self.process_refs = 0
 
     def outages(self) -> Iterator[Outage]:
+        if self.cluster is not None:
+            yield self.cluster.outage
+            return
         for sub in self.subscribers:
             yield sub.outage
 
     def abandon(self) -> None:
+        if self.cluster is not None:
+            self.cluster.abandon()
         for sub in self.subscribers:
             sub.abandon()
         super().abandon()
@@ -270,7 +286,19 @@ class RedisPubSubChannelLayer(RedisLayer[_LoopState]):
         self._plen = len(self._topic_prefix)
         self._channel_topics = self._topic_prefix + b"ch:"
         self._group_topics = self._topic_prefix + b"gr:"
+        #: Cluster mode (a Redis Cluster entry in ``hosts``): sharded Pub/Sub.
+        self._cluster: ClusterSpec | None = find_cluster(hosts)
         super().__init__(hosts, prefix, **settings)
+
+    def _configure_redis(self, *, hosts: Sequence[Any] | None, **settings: Any) -> None:
+        if self._cluster is None:
+            super()._configure_redis(hosts=hosts, **settings)
+            return
+        # The seeds stand in for ``hosts`` where a list of servers is expected
+        # (``repr``); nothing is sent to them but through the cluster router.
+        super()._configure_redis(hosts=None, **settings)
+        self.hosts = list(self._cluster.seeds)
+        self.ring_size = len(self.hosts)
 
     def _token_changed(self) -> None:
         self._process_topic = self._topic_prefix + b"pr:" + self.client_token.encode()
@@ -315,8 +343,12 @@ class RedisPubSubChannelLayer(RedisLayer[_LoopState]):
         payload = self._serializer.dumps(message, channel)
         topic, index, head = self._route(channel)
         data = head + payload if head else payload
-        pool = self._state().pools[index]
-        await self._command(pool, ("PUBLISH", topic, data), "send to", channel)
+        state = self._state()
+        if state.cluster is not None:
+            await self._spublish(state.cluster, topic, data, "send to", channel)
+        else:
+            pool = state.pools[index]
+            await self._command(pool, ("PUBLISH", topic, data), "send to", channel)
         if metrics.enabled:
             metrics.layers.sent(self)
 
@@ -328,13 +360,31 @@ class RedisPubSubChannelLayer(RedisLayer[_LoopState]):
         self.require_valid_group_name(group)
         payload = self._serializer.dumps(message, f"group {group}")
         topic, index = self._group_topic(group)
-        pool = self._state().pools[index]
+        state = self._state()
         # PUBLISH answers how many subscribed connections Redis forwarded it to.
-        reached = int(
-            await self._command(pool, ("PUBLISH", topic, payload), "group_send to", group)
-        )
+        if state.cluster is not None:
+            reached = int(
+                await self._spublish(state.cluster, topic, payload, "group_send to", group)
+            )
+        else:
+            pool = state.pools[index]
+            reached = int(
+                await self._command(pool, ("PUBLISH", topic, payload), "group_send to", group)
+            )
         if metrics.enabled:  # fan-out: the subscribed processes Redis forwarded it to
             metrics.layers.group_sent(self, reached)
+
+    async def _spublish(
+        self, cluster: ShardedTopics, topic: bytes, data: bytes, what: str, name: str
+    ) -> Any:
+        """``SPUBLISH`` on the master serving ``topic``'s slot (the router
+        follows ``MOVED`` and retries failures within ``retry_budget``)."""
+        try:
+            return await cluster.router.execute(topic, "SPUBLISH", topic, data)
+        except ClusterUnavailable as exc:
+            raise RedisUnavailable(
+                f"Redis Cluster {cluster.describe()} is unavailable for {what} {name!r}: {exc}"
+            ) from exc
 
     # -- receiving ------------------------------------------------------------------------
 
@@ -420,7 +470,7 @@ class RedisPubSubChannelLayer(RedisLayer[_LoopState]):
             state.process_refs += 1
         rec = _Channel(name, topic, index, self.get_capacity(name), now)
         state.channels[name] = rec
-        if not state.subscribers[index].want(topic):
+        if not self._want(state, index, topic):
             self._poke(state)
         self._schedule(state, rec, now + self.expiry)
         return rec
@@ -439,10 +489,21 @@ class RedisPubSubChannelLayer(RedisLayer[_LoopState]):
                 return
         self._unwant(state, rec.shard, rec.topic)
 
+    def _want(self, state: _LoopState, index: int, topic: bytes) -> bool:
+        """Ask for ``topic`` (on server ``index``, or in cluster mode on the
+        master of its slot) to be subscribed; True if it already is."""
+        if state.cluster is not None:
+            return state.cluster.want(topic)
+        return state.subscribers[index].want(topic)
+
     def _unwant(self, state: _LoopState, index: int, topic: bytes) -> None:
         # Written by the reader when it next reads: no hurry, a message that
         # arrives meanwhile finds no local channel and is dropped.
-        for waiter in state.subscribers[index].unwant(topic):
+        if state.cluster is not None:
+            waiters = state.cluster.unwant(topic)
+        else:
+            waiters = state.subscribers[index].unwant(topic)
+        for waiter in waiters:
             self._finish(state, waiter)
 
     def _schedule(self, state: _LoopState, rec: _Channel, when: float) -> None:
@@ -548,10 +609,19 @@ class RedisPubSubChannelLayer(RedisLayer[_LoopState]):
     async def _read(self, state: _LoopState, me: _Waiter) -> None:
         """Read every subscribed server for this loop until ``me`` is finished:
         (re)connect the ones that need it, then pump the connected ones."""
+        cluster = state.cluster
         while not me.done:
             state.poked = False
             now = anyio.current_time()
             wake_at = math.inf
+            if cluster is not None and cluster.unplaced:
+                if cluster.place_at <= now:
+                    await self._place(state, cluster, now)
+                    if me.done:
+                        return
+                    now = anyio.current_time()
+                if cluster.unplaced:
+                    wake_at = cluster.place_at
             readable: list[Subscriber] = []
             for sub in state.subscribers:
                 if not sub.needs_reading:
@@ -628,6 +698,13 @@ class RedisPubSubChannelLayer(RedisLayer[_LoopState]):
                             )
                             refresh_at = now + 1.0
                         self._on_push(state, sub, reply)
+                        cluster = state.cluster
+                        if (
+                            cluster is not None
+                            and cluster.unplaced
+                            and cluster.place_at <= anyio.current_time()
+                        ):
+                            return  # topics to place on another node: back to _read
         except _READER_FAILURES as exc:
             await self._lost(state, sub, conn, exc)
 
@@ -639,7 +716,10 @@ class RedisPubSubChannelLayer(RedisLayer[_LoopState]):
                 if kind == b"message" and len(reply) == 3:
                     self._dispatch(state, reply[1], reply[2])
                     return
-                if kind in (b"subscribe", b"unsubscribe") and len(reply) == 3:
+                if state.cluster is not None and isinstance(sub, ShardedSubscriber):
+                    if self._on_sharded_push(state, state.cluster, sub, reply):
+                        return
+                elif kind in (b"subscribe", b"unsubscribe") and len(reply) == 3:
                     released, resubscribed = sub.confirmed(kind, reply[1])
                     for waiter in released:
                         self._finish(state, waiter)
@@ -651,10 +731,95 @@ class RedisPubSubChannelLayer(RedisLayer[_LoopState]):
             elif reply == b"PONG":  # a PING answered outside subscribed mode
                 return
             if isinstance(reply, ReplyError):
+                if (
+                    state.cluster is not None
+                    and isinstance(sub, ShardedSubscriber)
+                    and self._on_sharded_error(state, state.cluster, sub, reply)
+                ):
+                    return
                 raise _Refused(str(reply))
             raise ProtocolError(f"unexpected message on a subscribed connection: {reply!r}")
         finally:
             state.in_reader = outer
+
+    def _on_sharded_push(
+        self, state: _LoopState, cluster: ShardedTopics, sub: ShardedSubscriber, reply: list[Any]
+    ) -> bool:
+        """Handle a sharded Pub/Sub push; False if it is not one."""
+        kind = reply[0]
+        if len(reply) != 3:
+            return False
+        topic = reply[1]
+        if kind == b"smessage":
+            self._dispatch(state, topic, reply[2])
+        elif kind == b"ssubscribe":
+            released, _ = sub.confirmed(b"subscribe", topic)
+            for waiter in released:
+                self._finish(state, waiter)
+            if sub.in_effect(topic) and cluster.confirmed(topic):
+                self._sharded_restored(state, cluster)
+        elif kind == b"sunsubscribe":
+            if sub.asked(topic):
+                sub.confirmed(b"unsubscribe", topic)
+            else:
+                # Unasked: the slot has moved to another node.
+                self._moved_away(state, cluster, sub, [topic], "its slot moved")
+        else:
+            return False
+        return True
+
+    def _on_sharded_error(
+        self, state: _LoopState, cluster: ShardedTopics, sub: ShardedSubscriber, error: ReplyError
+    ) -> bool:
+        """An ``SSUBSCRIBE`` answered ``MOVED``/``ASK``: place the topics of that
+        slot again. False for another error (the connection is then dropped)."""
+        redirect = cluster.router.note_redirect(error, sub.address)
+        if redirect is None:
+            return False
+        if redirect.ask:
+            # The slot is being migrated: ask the slot map again shortly.
+            cluster.back_off(anyio.current_time(), (self.backoff_min, self.backoff_max))
+        self._moved_away(state, cluster, sub, sub.in_slot(redirect.slot), str(error))
+        return True
+
+    def _moved_away(
+        self,
+        state: _LoopState,
+        cluster: ShardedTopics,
+        sub: ShardedSubscriber,
+        topics: list[bytes],
+        why: str,
+    ) -> None:
+        newly = cluster.take_back(sub, topics, anyio.current_time())
+        if newly:
+            logger.info(
+                "Redis Cluster node %s gave up %d topic(s) (%s); re-subscribing them on "
+                "the new master",
+                sub.address,
+                len(newly),
+                why,
+            )
+            self._notify_topics(state, set(newly), self.on_disconnect)
+
+    def _sharded_restored(self, state: _LoopState, cluster: ShardedTopics) -> None:
+        """Every topic lost to a moved slot or a failed node is subscribed again."""
+        regained, cluster.regained = cluster.regained, set()
+        cluster.outage.ended(detail=f"; re-subscribed {len(regained)} topic(s)")
+        lasted = cluster.recovered_in
+        restored = sum(
+            len(members)
+            for group, members in state.groups.items()
+            if self._group_topics + group.encode() in regained
+        )
+        logger.warning(
+            "Re-subscribed %d topic(s) on Redis Cluster %s%s: restored %d group "
+            "membership(s) of this process",
+            len(regained),
+            cluster.describe(),
+            "" if lasted is None else f" {lasted:.3f}s after losing the first",
+            restored,
+        )
+        self._notify_topics(state, regained, self.on_reconnect)
 
     def _dispatch(self, state: _LoopState, topic: bytes, data: bytes) -> None:
         """Hand one published message, still serialised, to its local
@@ -748,6 +913,9 @@ class RedisPubSubChannelLayer(RedisLayer[_LoopState]):
             self._connect_failed(state, sub, exc)
             return
         sub.delay = 0.0
+        if state.cluster is not None:
+            state.cluster.outage.reached()
+            return
         sub.outage.ended(detail=f"; re-subscribing {len(sub.wanted)} topic(s)")
         if not sub.wanted:
             self._resubscribed(state, sub)
@@ -755,15 +923,37 @@ class RedisPubSubChannelLayer(RedisLayer[_LoopState]):
     def _connect_failed(self, state: _LoopState, sub: Subscriber, exc: BaseException) -> None:
         now = anyio.current_time()
         sub.last_error = exc
+        if state.cluster is not None and isinstance(sub, ShardedSubscriber):
+            # Try the slot map again: its topics may have a new master by now.
+            cluster = state.cluster
+            if cluster.outage.begin():
+                cluster.outage.announce(exc)
+            topics = set(sub.wanted)
+            cluster.failed(sub, now, (self.backoff_min, self.backoff_max))
+            self._expire_waiters(state, cluster.waiters, topics, exc, now)
+            return
         sub.outage.begin()
         if not sub.delay:  # the first failed attempt of this outage
             sub.outage.announce(exc)
         sub.delay = self.backoff_min if not sub.delay else min(sub.delay * 2, self.backoff_max)
         sub.retry_at = now + sub.delay * random.uniform(0.5, 1.0)
-        # Callers waiting for a subscription give up once the budget is spent.
+        self._expire_waiters(state, sub.waiters, None, exc, now)
+
+    def _expire_waiters(
+        self,
+        state: _LoopState,
+        waiting: dict[bytes, list[Any]],
+        topics: set[bytes] | None,
+        exc: BaseException,
+        now: float,
+    ) -> None:
+        """Callers waiting for a subscription (of ``topics``, or any) give up
+        once the budget is spent."""
         outer, state.in_reader = state.in_reader, True
         try:
-            for topic, waiters in list(sub.waiters.items()):
+            for topic, waiters in list(waiting.items()):
+                if topics is not None and topic not in topics:
+                    continue
                 keep = []
                 for waiter in waiters:
                     if waiter.started + self.retry_budget <= now:
@@ -772,9 +962,9 @@ class RedisPubSubChannelLayer(RedisLayer[_LoopState]):
                     else:
                         keep.append(waiter)
                 if keep:
-                    sub.waiters[topic] = keep
+                    waiting[topic] = keep
                 else:
-                    del sub.waiters[topic]
+                    del waiting[topic]
         finally:
             state.in_reader = outer
 
@@ -787,6 +977,20 @@ class RedisPubSubChannelLayer(RedisLayer[_LoopState]):
             return  # closed on purpose by close()
         await sub.disconnect()
         sub.last_error = exc
+        if state.cluster is not None and isinstance(sub, ShardedSubscriber):
+            cluster = state.cluster
+            cluster.outage.begin()
+            newly = cluster.failed(sub, anyio.current_time(), (self.backoff_min, self.backoff_max))
+            logger.warning(
+                "Lost the sharded Pub/Sub connection to Redis Cluster node %s (%r); "
+                "re-subscribing its %d topic(s) on the master that serves them now. "
+                "Messages published until then are lost.",
+                sub.address,
+                exc,
+                len(newly),
+            )
+            self._notify_topics(state, set(newly), self.on_disconnect)
+            return
         sub.retry_at = 0.0
         sub.delay = 0.0
         sub.outage.begin()
@@ -819,6 +1023,23 @@ class RedisPubSubChannelLayer(RedisLayer[_LoopState]):
             )
             self._notify(state, sub.index, self.on_reconnect)
 
+    def _notify_topics(
+        self, state: _LoopState, topics: set[bytes], message_type: str | None
+    ) -> None:
+        """Queue ``{"type": message_type}`` for every local channel whose
+        messages come through one of ``topics`` (its own or a group's)."""
+        if not message_type or not topics:
+            return
+        now = _monotonic()
+        groups = self._group_topics
+        outer, state.in_reader = state.in_reader, True
+        try:
+            for rec in list(state.channels.values()):
+                if rec.topic in topics or any(groups + g.encode() in topics for g in rec.groups):
+                    self._deliver(state, rec, {"type": message_type}, now)
+        finally:
+            state.in_reader = outer
+
     def _notify(self, state: _LoopState, index: int, message_type: str | None) -> None:
         """Queue ``{"type": message_type}`` for every local channel whose
         messages come through server ``index`` (its own topic or a group's)."""
@@ -844,12 +1065,19 @@ class RedisPubSubChannelLayer(RedisLayer[_LoopState]):
         :class:`~.core.RedisUnavailable` when Redis stayed unreachable for
         ``retry_budget`` seconds, or gave no confirmation within
         ``retry_budget + socket_timeout``."""
-        sub = state.subscribers[index]
-        if sub.want(topic):
-            return
+        cluster = state.cluster
+        if cluster is not None:
+            if cluster.want(topic):
+                return
+            waiting = cluster.waiters
+        else:
+            sub = state.subscribers[index]
+            if sub.want(topic):
+                return
+            waiting = sub.waiters
         waiter = _Waiter(None)
         waiter.started = anyio.current_time()
-        sub.waiters.setdefault(topic, []).append(waiter)
+        waiting.setdefault(topic, []).append(waiter)
         self._poke(state)
         limit = self.retry_budget + self.socket_timeout
         try:
@@ -857,22 +1085,37 @@ class RedisPubSubChannelLayer(RedisLayer[_LoopState]):
                 await self._wait(state, waiter)
         finally:
             if not waiter.done or waiter.error is not None:
-                waiting = sub.waiters.get(topic)
-                if waiting is not None and waiter in waiting:
-                    waiting.remove(waiter)
-                    if not waiting:
-                        del sub.waiters[topic]
+                others = waiting.get(topic)
+                if others is not None and waiter in others:
+                    others.remove(waiter)
+                    if not others:
+                        del waiting[topic]
         if waiter.done and waiter.error is None:
             return
-        error = waiter.error or sub.last_error
+        if cluster is not None:
+            error = waiter.error
+            where = f"Redis Cluster {cluster.describe()}"
+        else:
+            error = waiter.error or sub.last_error
+            where = f"Redis at {sub.describe()}"
         reason = (
             f"unreachable for {self.retry_budget:g}s"
             if waiter.error is not None
             else f"no confirmation within {limit:g}s"
         )
         raise RedisUnavailable(
-            f"Redis at {sub.describe()} is unavailable for {what}: {error!r} ({reason})"
+            f"{where} is unavailable for {what}: {error!r} ({reason})"
         ) from error
+
+    async def _place(self, state: _LoopState, cluster: ShardedTopics, now: float) -> None:
+        """Put unplaced topics on their masters; callers waiting for one whose
+        slot no master serves give up once the budget is spent."""
+        await cluster.place(now)
+        if cluster.unplaced and cluster.waiters:
+            problem = ClusterUnavailable(
+                cluster.router.refresh_problem or "no master serves the topic's slot"
+            )
+            self._expire_waiters(state, cluster.waiters, cluster.unplaced, problem, now)
 
     # -- groups ---------------------------------------------------------------------------
 
@@ -951,6 +1194,25 @@ class RedisPubSubChannelLayer(RedisLayer[_LoopState]):
             **self._outage_metrics(states),
         }
 
+    async def ping(self) -> None:
+        """``PING`` every server (in cluster mode, every master) over this event
+        loop's own connections (for readiness checks)."""
+        cluster = self._state().cluster
+        if cluster is None:
+            await super().ping()
+            return
+        try:
+            topology = await cluster.router.refresh()
+        except ClusterUnavailable as exc:
+            raise RedisUnavailable(str(exc)) from exc
+        await ping_servers(
+            [cluster.router.pool(address) for address in topology.masters],
+            Pool.lease,
+            socket_timeout=self.socket_timeout,
+            failures=FAILURES,
+            unavailable=RedisUnavailable,
+        )
+
     async def flush(self) -> None:
         """Drop this event loop's queued messages, group memberships and idle
         channels (Redis stores nothing to delete). Receivers already waiting
@@ -984,6 +1246,8 @@ class RedisPubSubChannelLayer(RedisLayer[_LoopState]):
         self._poke(state)
         for pool in state.pools:
             await pool.close()
+        if state.cluster is not None:
+            await state.cluster.aclose()
         for sub in state.subscribers:
             await sub.disconnect()
         if not state.waiters:

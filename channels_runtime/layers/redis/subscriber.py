@@ -23,6 +23,11 @@ adds no reading of its own: it is the bookkeeping around one such connection.
 
 Nothing here is bound to an event loop except the connection itself, and
 nothing runs in the background.
+
+:class:`ShardedSubscriber` is the same bookkeeping for a Redis Cluster node
+with sharded Pub/Sub (``SSUBSCRIBE``): one command per topic (a command's
+topics must share a slot, and each topic has a slot of its own), and a way to
+give topics up when their slot has moved to another node.
 """
 
 from __future__ import annotations
@@ -33,11 +38,12 @@ from typing import Any
 
 import anyio
 
+from .cluster.slots import key_slot
 from .connections import FAILURES_OR_REPLIES, Outage, Pool
 from .hosts import HostSpec, SentinelError, ServerTime, named_master, open_connection
 from .protocol import Connection, encode_command
 
-__all__ = ["Subscriber"]
+__all__ = ["ShardedSubscriber", "Subscriber"]
 
 _SUB = b"subscribe"
 _UNSUB = b"unsubscribe"
@@ -84,6 +90,10 @@ class Subscriber:
         "watch_due",
         "watched",
     )
+
+    #: The commands that (un)subscribe topics on this connection.
+    subscribe_command = "SUBSCRIBE"
+    unsubscribe_command = "UNSUBSCRIBE"
 
     def __init__(self, index: int, spec: HostSpec, clock: ServerTime, outage: Outage) -> None:
         self.index = index
@@ -194,7 +204,8 @@ class Subscriber:
         for verb, topics in ((_UNSUB, self._to_unsub), (_SUB, self._to_sub)):
             if not topics:
                 continue
-            parts += _commands(verb.decode(), topics)
+            command = self.subscribe_command if verb is _SUB else self.unsubscribe_command
+            parts += self._encode(command, topics)
             last, outstanding = self._last, self._outstanding
             for topic in topics:
                 last[topic] = verb
@@ -203,6 +214,9 @@ class Subscriber:
         if parts:
             with anyio.CancelScope(shield=True), anyio.fail_after(write_timeout):
                 await conn.send(b"".join(parts))
+
+    def _encode(self, command: str, topics: Iterable[bytes]) -> list[bytes]:
+        return _commands(command, topics)
 
     async def ping(self, write_timeout: float) -> None:
         """Ask the server for a sign of life (answered ``["pong", ""]``)."""
@@ -273,3 +287,59 @@ class Subscriber:
 
     def describe(self) -> str:
         return self.spec.describe()
+
+
+class ShardedSubscriber(Subscriber):
+    """The subscribed connection to one master of a Redis Cluster, holding
+    ``SSUBSCRIBE``s for the topics whose slots that master serves.
+
+    The layer decides which topics go here; this class adds what a node can
+    do that a standalone server cannot: take a topic away (``sunsubscribe``
+    pushed unasked when its slot moved, ``MOVED`` in answer to
+    ``SSUBSCRIBE``), after which :meth:`give_up` forgets it here so that the
+    layer can subscribe it on the slot's new master. ``waiters`` is shared by
+    every node of one event loop, since a waiting caller follows its topic
+    from node to node.
+    """
+
+    __slots__ = ("address",)
+
+    subscribe_command = "SSUBSCRIBE"
+    unsubscribe_command = "SUNSUBSCRIBE"
+
+    def __init__(
+        self,
+        index: int,
+        address: Any,
+        spec: HostSpec,
+        outage: Outage,
+        waiters: dict[bytes, list[Any]],
+    ) -> None:
+        super().__init__(index, spec, ServerTime(), outage)
+        self.address = address
+        self.waiters = waiters
+
+    def _encode(self, command: str, topics: Iterable[bytes]) -> list[bytes]:
+        # Each topic is in a slot of its own: one command each (CROSSSLOT otherwise).
+        return [encode_command(command, topic) for topic in topics]
+
+    def asked(self, topic: bytes) -> bool:
+        """Whether an answer for ``topic`` is still due (an unsolicited
+        ``sunsubscribe`` is not one)."""
+        return topic in self._outstanding
+
+    def in_slot(self, slot: int) -> list[bytes]:
+        """The wanted topics whose slot is ``slot``."""
+        return [topic for topic in self.wanted if key_slot(topic) == slot]
+
+    def give_up(self, topics: Iterable[bytes]) -> None:
+        """Forget ``topics`` here without unsubscribing them (the node already
+        has, or never had them); their waiters stay in the shared ``waiters``."""
+        for topic in topics:
+            self.wanted.discard(topic)
+            self._to_sub.discard(topic)
+            self._to_unsub.discard(topic)
+            self._last.pop(topic, None)
+            due = self._outstanding.pop(topic, 0)
+            if due and self._resubscribing:
+                self._resubscribing = max(0, self._resubscribing - due)
