@@ -18,7 +18,13 @@ How the pieces fit (the *why* of each is in the docstrings below):
 * connections are per event loop (see :class:`_LoopState`), so the layer can be
   used from one ``anyio.run`` after another, and from several loops in threads;
 * each event loop remembers the group memberships it made, and adds them again
-  when a server turns out to have lost its data (:meth:`RedisChannelLayer._on_open`).
+  when a server turns out to have lost its data (:meth:`RedisChannelLayer._on_open`);
+* with a Redis Cluster (``hosts=["redis+cluster://..."]``) every key carries a
+  hash tag, so that each script touches one slot (see :mod:`.scripts`), and
+  commands go through the loop's :class:`~.cluster.ClusterRouter`:
+  ``group_send`` reads the members, then pushes with one script per slot and
+  one pipeline per master; ``receive`` blocks on the master that serves the
+  channel's slot, and follows ``MOVED`` and failovers.
 
 What both Redis layers share (connections, retries, routing, per-loop state)
 is in :mod:`.layer` and :mod:`.connections`.
@@ -42,10 +48,21 @@ from ... import metrics
 from ...exceptions import ChannelFull
 from ..base import CapacityPattern, Message
 from . import scripts
+from .cluster import (
+    ClusterRouter,
+    ClusterUnavailable,
+    NodeAddress,
+    find_cluster,
+    key_slot,
+    node_slots,
+    slot_tag,
+)
+from .cluster.redirects import RETRY_CODES as _CLUSTER_RETRY_CODES
 from .connections import FAILURES as _FAILURES
 from .connections import FAILURES_OR_REPLIES as _FAILURES_OR_REPLIES
 from .connections import TRANSIENT_REPLIES as _TRANSIENT_REPLIES
 from .connections import Pool, RedisUnavailable, Transient, loop_is_dead
+from .hosts import HostSpec, ServerTime
 from .layer import ConnectionOptions, LoopState, RedisLayer
 from .memberships import Memberships
 from .protocol import Connection, ReplyError, encode_command
@@ -57,6 +74,11 @@ logger = logging.getLogger("channels_runtime.layers.redis")
 
 _monotonic = time.monotonic
 _LOST = object()
+
+
+def _deduplicated(command: tuple[Any, ...], flag: int, maybe_applied: bool) -> tuple[Any, ...]:
+    """``command``, with its dedupe flag set if an earlier attempt may have run."""
+    return (*command[:flag], b"1", *command[flag + 1 :]) if maybe_applied else command
 
 
 class _Waiter:
@@ -280,6 +302,7 @@ class RedisChannelLayer(RedisLayer[_LoopState]):
     """
 
     extensions: ClassVar[list[str]] = ["groups", "flush"]
+    routes_cluster: ClassVar[bool] = True
 
     #: Seconds a ``BLPOP`` blocks server-side before being re-issued. A reply
     #: that takes longer than this plus ``socket_timeout`` marks the connection dead.
@@ -304,6 +327,14 @@ class RedisChannelLayer(RedisLayer[_LoopState]):
         self._channel_prefix = f"{prefix}:ch:"
         self._process_prefix = f"{prefix}:pr:"
         self._group_prefix = f"{prefix}:gr:"
+        #: In a cluster, the part of a key that picks its slot is put in a hash
+        #: tag (``asgi:ch:{name}``), whatever the prefix holds; elsewhere keys
+        #: stay as they always were.
+        self._open, self._shut = ("{", "}") if find_cluster(hosts) is not None else ("", "")
+        if self._open and ("{" in prefix or "}" in prefix):
+            # Redis takes the first {...} of a key as its tag: one in the prefix
+            # would put every key in one slot.
+            raise ValueError(f"prefix must not contain braces with a Redis Cluster: {prefix!r}")
         #: Written once by whichever process connects first, deleted only by
         #: ``flush()``: if it has gone, so has everything else (see ``_on_open``).
         self._epoch_key = f"{prefix}:epoch"
@@ -324,12 +355,47 @@ class RedisChannelLayer(RedisLayer[_LoopState]):
         self._group_ttl_ms = int(group_expiry * 1000)
 
     def _token_changed(self) -> None:
-        self._process_key = self._process_prefix + self.client_token
+        self._process_key = self._process_prefix + self._open + self.client_token + self._shut
 
     def _new_state(self, token: Any) -> _LoopState:
         return _LoopState(self, token)
 
+    def _node_pool(self, state: _LoopState, index: int, spec: HostSpec) -> Pool:
+        pool = super()._node_pool(state, index, spec)
+        pool.on_open = partial(self._on_open_node, state)
+        return pool
+
+    def _group_key(self, group: str) -> str:
+        return self._group_prefix + self._open + group + self._shut
+
     # -- running commands ---------------------------------------------------------
+
+    async def _cluster_script(
+        self, router: ClusterRouter, script: scripts.Script, keys: Sequence[Any],
+        args: Sequence[Any], what: str, dedupe_arg: int | None = None, name: str | None = None,
+    ) -> Any:  # fmt: skip
+        """:meth:`_run_script` on a cluster (``keys`` all in one slot)."""
+        return await self._cluster_command(
+            router,
+            keys[0],
+            ("EVALSHA", script.sha, len(keys), *keys, *args),
+            what,
+            name,
+            -1 if dedupe_arg is None else 3 + len(keys) + dedupe_arg,
+        )
+
+    async def _cluster_many(
+        self, router: ClusterRouter, batch: list[tuple[int, tuple[Any, ...]]], what: str
+    ) -> list[Any]:
+        """Commands for several slots, one pipeline per master; error replies raised."""
+        try:
+            replies = await router.execute_many(batch)
+        except ClusterUnavailable as exc:
+            raise RedisUnavailable(f"Redis Cluster is unavailable for {what}: {exc}") from exc
+        for reply in replies:
+            if isinstance(reply, ReplyError):
+                raise reply
+        return replies
 
     async def _simple(self, shard: Pool, args: tuple[Any, ...], what: str) -> Any:
         """Run an idempotent command (safe to repeat as is)."""
@@ -479,10 +545,54 @@ class RedisChannelLayer(RedisLayer[_LoopState]):
         if isinstance(wrote, ReplyError) or not isinstance(epoch, bytes) or epoch == pool.epoch:
             return
         if pool.epoch is not None:
-            await self._restore(state, pool, conn)
+            index = pool.index
+            await self._restore(state, pool, conn, lambda group: self._shard_of(group) == index)
         pool.epoch = epoch
 
-    async def _restore(self, state: _LoopState, pool: Pool, conn: Connection) -> None:
+    async def _on_open_node(self, state: _LoopState, pool: Pool, conn: Connection) -> None:
+        """:meth:`_on_open` for a cluster node: the epoch key is per node, in
+        the first slot the node serves now (a key tagged for that slot), and
+        what is restored are the groups in the slots it serves.
+
+        The node says which slots it serves (``CLUSTER NODES``, its own line),
+        so this works before the router has a slot map. The epoch is recorded
+        with its slot: if the node serves another first slot later (slots
+        were moved), the new value is recorded, not taken for a loss. A node
+        serving no slot (a replica) is left alone.
+        """
+        with anyio.fail_after(self.socket_timeout):
+            described = await conn.request("CLUSTER", "NODES")
+        ranges = node_slots(described) if isinstance(described, bytes) else []
+        if not ranges:
+            return
+        slot = ranges[0][0]
+        key = f"{self._epoch_key}:{{{slot_tag(slot)}}}"
+        with anyio.fail_after(self.socket_timeout):
+            wrote, epoch = await conn.pipeline(
+                [("SET", key, random.randbytes(8).hex(), "NX"), ("GET", key)]
+            )
+        if isinstance(wrote, ReplyError) or not isinstance(epoch, bytes):
+            return
+        mark = b"%d:%s" % (slot, epoch)
+        seen = pool.epoch
+        if mark == seen:
+            return
+        if seen is not None and seen.split(b":", 1)[0] == b"%d" % slot:
+
+            def served(group: str) -> bool:
+                wanted = key_slot(self._group_key(group))
+                return any(start <= wanted <= end for start, end in ranges)
+
+            await self._restore(state, pool, conn, served)
+        pool.epoch = mark
+
+    async def _restore(
+        self,
+        state: _LoopState,
+        pool: Pool,
+        conn: Connection,
+        wanted: Callable[[str], bool],
+    ) -> None:
         """Add again the memberships this loop made in groups held by ``pool``'s
         server, each with what is left of its ``group_expiry`` (its score is
         its original joining time, in the server's clock), in one pipeline."""
@@ -491,10 +601,8 @@ class RedisChannelLayer(RedisLayer[_LoopState]):
         expiry = self.group_expiry
         commands: list[tuple[Any, ...]] = []
         restored = 0
-        for group, members in state.memberships.live(
-            now, lambda group: self._shard_of(group) == pool.index
-        ):
-            key = self._group_prefix + group
+        for group, members in state.memberships.live(now, wanted):
+            key = self._group_key(group)
             args: list[Any] = []
             for channel, left in members:
                 args += (int(server_ms - (expiry - left) * 1000), channel)
@@ -506,6 +614,8 @@ class RedisChannelLayer(RedisLayer[_LoopState]):
                 replies = await conn.pipeline(commands[start : start + 1000])
             for reply in replies:
                 if isinstance(reply, ReplyError):
+                    if reply.code in ("MOVED", "ASK"):
+                        continue  # its slot moved meanwhile: that node has it
                     if reply.code in _TRANSIENT_REPLIES:
                         raise Transient(str(reply))
                     raise reply
@@ -524,16 +634,20 @@ class RedisChannelLayer(RedisLayer[_LoopState]):
         """Redis key, shard, and body prefix for a message to ``channel``."""
         bang = channel.find("!")
         if bang < 0:
-            return self._channel_prefix + channel, self._shard_of(channel), b""
+            key = self._channel_prefix + self._open + channel + self._shut
+            return key, self._shard_of(channel), b""
         token = channel[:bang].rpartition(".")[2]
         return (
-            self._process_prefix + token,
+            self._process_prefix + self._open + token + self._shut,
             self._shard_of(token),
             channel.encode() + b"|",
         )
 
-    def _header(self, shard: Pool) -> bytes:
-        deadline = int(shard.clock.now_ms()) + self._expiry_ms
+    def _header(self, source: Pool | ServerTime) -> bytes:
+        """A new element's ``<deadline>:<nonce>:``, by the clock of ``source``
+        (a server's pool, or the cluster's clock)."""
+        clock = source.clock if isinstance(source, Pool) else source
+        deadline = int(clock.now_ms()) + self._expiry_ms
         return b"%d:%x:" % (deadline, random.getrandbits(64))
 
     # -- the layer API ------------------------------------------------------------
@@ -552,17 +666,30 @@ class RedisChannelLayer(RedisLayer[_LoopState]):
         self.require_valid_channel_name(channel)
         payload = self._serializer.dumps(message, channel)
         key, index, body = self._route(channel)
-        shard = self._state().pools[index]
-        element = self._header(shard) + body + payload
-        queued = await self._run_script(
-            shard,
-            scripts.SEND,
-            (key,),
-            (self.get_capacity(channel), self._ttl_ms, element, b"0"),
-            "send to",
-            dedupe_arg=3,
-            name=channel,
-        )
+        state = self._state()
+        if state.router is not None:
+            element = self._header(self._cluster_clock) + body + payload
+            queued = await self._cluster_script(
+                state.router,
+                scripts.SEND,
+                (key,),
+                (self.get_capacity(channel), self._ttl_ms, element, b"0"),
+                "send to",
+                dedupe_arg=3,
+                name=channel,
+            )
+        else:
+            shard = state.pools[index]
+            element = self._header(shard.clock) + body + payload
+            queued = await self._run_script(
+                shard,
+                scripts.SEND,
+                (key,),
+                (self.get_capacity(channel), self._ttl_ms, element, b"0"),
+                "send to",
+                dedupe_arg=3,
+                name=channel,
+            )
         if not queued:
             if metrics.enabled:
                 metrics.layers.channel_full(self, "send")
@@ -594,22 +721,41 @@ class RedisChannelLayer(RedisLayer[_LoopState]):
 
     async def _receive_normal(self, channel: str) -> Message:
         key, index, _ = self._route(channel)
-        shard = self._state().pools[index]
+        state = self._state()
+        router = state.router
+        shard: Pool | None = None if router is not None else state.pools[index]
+        address: NodeAddress | None = None
 
         async def put_back(element: bytes) -> None:
             try:
-                await self._run_script(
-                    shard, scripts.PUT_BACK, (key,), (element, self._ttl_ms), "put back"
-                )
+                if router is not None:
+                    await self._cluster_script(
+                        router, scripts.PUT_BACK, (key,), (element, self._ttl_ms), "put back"
+                    )
+                else:
+                    assert shard is not None
+                    await self._run_script(
+                        shard, scripts.PUT_BACK, (key,), (element, self._ttl_ms), "put back"
+                    )
             except (RedisUnavailable, ReplyError) as exc:
                 logger.warning("Lost a message for %r after a cancelled receive: %r", channel, exc)
 
         delay = self.backoff_min
         while True:
             try:
+                if router is not None:
+                    address = None
+                    address = await router.master_for(key)
+                    shard = router.pool(address)
+                assert shard is not None
                 element = await self._pop_blocking(shard, key, put_back)
             except _FAILURES as exc:
-                delay = await self._backoff(shard, exc, delay)
+                delay = await self._recover(router, address, shard, exc, delay)
+                continue
+            except ReplyError as exc:
+                if router is None:
+                    raise
+                delay = await self._recover(router, address, shard, exc, delay)
                 continue
             shard.recovered()
             delay = self.backoff_min
@@ -617,6 +763,32 @@ class RedisChannelLayer(RedisLayer[_LoopState]):
                 message = self._decode(shard, element, channel)
                 if message is not None:
                     return message
+
+    async def _recover(
+        self,
+        router: ClusterRouter | None,
+        address: NodeAddress | None,
+        shard: Pool | None,
+        exc: BaseException,
+        delay: float,
+    ) -> float:
+        """After a read failed: tell the cluster router (if any) what happened,
+        wait, and return the next delay. A ``MOVED`` reply is followed at once;
+        an error reply that is neither a redirect nor "not now" is raised."""
+        if router is not None:
+            if isinstance(exc, ReplyError):
+                redirect = router.note_redirect(exc, address) if address is not None else None
+                if redirect is not None and not redirect.ask:
+                    return delay
+                if redirect is None and exc.code not in _CLUSTER_RETRY_CODES:
+                    raise exc
+            elif address is not None:
+                router.note_failure(address)
+            if shard is None:
+                await anyio.sleep(delay * random.uniform(0.5, 1.0))
+                return min(delay * 2, self.backoff_max)
+        assert shard is not None
+        return await self._backoff(shard, exc, delay)
 
     def _decode(self, shard: Pool, element: bytes, channel: str) -> Any:
         """The message in a normal-channel element, or None if expired or unreadable."""
@@ -681,10 +853,13 @@ class RedisChannelLayer(RedisLayer[_LoopState]):
 
     async def _read_for_process(self, state: _LoopState, me: _Waiter) -> None:
         """Read the process list for every local receiver until ``me`` has a message."""
-        shard = state.pools[self._process_shard]
+        router = state.router
+        shard: Pool | None = None if router is not None else state.pools[self._process_shard]
+        address: NodeAddress | None = None
         key = self._process_key
 
         async def salvage(element: bytes) -> None:
+            assert shard is not None
             self._dispatch(state, shard, element)
 
         local = state.local
@@ -693,6 +868,11 @@ class RedisChannelLayer(RedisLayer[_LoopState]):
         while me.message is None:
             await anyio.lowlevel.checkpoint_if_cancelled()
             try:
+                if router is not None:
+                    address = None
+                    address = await router.master_for(key)
+                    shard = router.pool(address)
+                assert shard is not None
                 elements = await self._pop_batch(shard, key) if batch else []
                 # A cancelled receiver may have given ``me`` a message meanwhile;
                 # from here on, giving one back interrupts the BLPOP (``deliver``).
@@ -706,7 +886,13 @@ class RedisChannelLayer(RedisLayer[_LoopState]):
                     elements = [element] if element is not None else []
                     batch = element is not None
             except _FAILURES as exc:
-                delay = await self._backoff(shard, exc, delay)
+                delay = await self._recover(router, address, shard, exc, delay)
+                batch = True
+                continue
+            except ReplyError as exc:
+                if router is None:
+                    raise
+                delay = await self._recover(router, address, shard, exc, delay)
                 batch = True
                 continue
             shard.recovered()
@@ -758,7 +944,16 @@ class RedisChannelLayer(RedisLayer[_LoopState]):
         buffered local messages. Waiting receivers keep waiting."""
         state = self._state()
         pattern = "".join("\\" + c if c in "*?[]\\" else c for c in self.prefix) + ":*"
-        for shard in state.pools:
+        shards = state.pools
+        if state.router is not None:
+            try:
+                topology = await state.router.refresh()
+            except ClusterUnavailable as exc:
+                raise RedisUnavailable(f"Redis Cluster is unavailable for flush: {exc}") from exc
+            for pool in state.router.pools.values():
+                pool.epoch = None
+            shards = [state.router.pool(address) for address in topology.masters]
+        for shard in shards:
             # The epoch key goes too: for this loop, that is a fresh start, not
             # a loss to repair (other processes restore what they had added
             # when they next connect).
@@ -769,7 +964,17 @@ class RedisChannelLayer(RedisLayer[_LoopState]):
                 cursor, keys = await self._simple(
                     shard, ("SCAN", cursor, "MATCH", pattern, "COUNT", 1000), "flush"
                 )
-                if keys:
+                if keys and state.router is not None:
+                    # A node holds many slots, and one UNLINK may not span them.
+                    by_slot: dict[int, list[bytes]] = {}
+                    for key in keys:
+                        by_slot.setdefault(key_slot(key), []).append(key)
+                    await self._cluster_many(
+                        state.router,
+                        [(slot, ("UNLINK", *group)) for slot, group in by_slot.items()],
+                        "flush",
+                    )
+                elif keys:
                     await self._simple(shard, ("UNLINK", *keys), "flush")
                 if cursor == b"0":
                     break
@@ -796,6 +1001,8 @@ class RedisChannelLayer(RedisLayer[_LoopState]):
             return
         for shard in state.pools:
             await shard.close()
+        if state.router is not None:
+            await state.router.aclose()
         state.local.clear()
 
     async def group_add(self, group: str, channel: str) -> None:
@@ -803,14 +1010,25 @@ class RedisChannelLayer(RedisLayer[_LoopState]):
         self.require_valid_group_name(group)
         self.require_valid_channel_name(channel)
         state = self._state()
-        await self._run_script(
-            state.pools[self._shard_of(group)],
-            scripts.GROUP_ADD,
-            (self._group_prefix + group,),
-            (channel, self._group_ttl_ms),
-            "group_add to",
-            name=group,
-        )
+        key = self._group_key(group)
+        if state.router is not None:
+            await self._cluster_script(
+                state.router,
+                scripts.GROUP_ADD,
+                (key,),
+                (channel, self._group_ttl_ms),
+                "group_add to",
+                name=group,
+            )
+        else:
+            await self._run_script(
+                state.pools[self._shard_of(group)],
+                scripts.GROUP_ADD,
+                (key,),
+                (channel, self._group_ttl_ms),
+                "group_add to",
+                name=group,
+            )
         now = _monotonic()
         state.memberships.joined(group, channel, now + self.group_expiry, now)
 
@@ -820,11 +1038,12 @@ class RedisChannelLayer(RedisLayer[_LoopState]):
         self.require_valid_channel_name(channel)
         state = self._state()
         state.memberships.left(group, channel)
-        await self._simple(
-            state.pools[self._shard_of(group)],
-            ("ZREM", self._group_prefix + group, channel),
-            f"group_discard from {group!r}",
-        )
+        key = self._group_key(group)
+        what = f"group_discard from {group!r}"
+        if state.router is not None:
+            await self._cluster_command(state.router, key, ("ZREM", key, channel), what)
+        else:
+            await self._simple(state.pools[self._shard_of(group)], ("ZREM", key, channel), what)
 
     async def group_send(self, group: str, message: Message) -> None:
         """Send ``message`` to every current member of ``group``.
@@ -840,9 +1059,20 @@ class RedisChannelLayer(RedisLayer[_LoopState]):
         self.require_valid_group_name(group)
         payload = self._serializer.dumps(message, f"group {group}")
         state = self._state()
-        group_key = self._group_prefix + group
-        home = state.pools[self._shard_of(group)]
+        group_key = self._group_key(group)
         what = f"group_send to {group!r}"
+        if state.router is not None:
+            members = await self._cluster_script(
+                state.router, scripts.GROUP_MEMBERS, (group_key,), (self._group_ttl_ms,), what
+            )
+            full = await self._push_by_slot(state.router, members, payload, what)
+            reached = len(members)
+            if metrics.enabled:
+                metrics.layers.group_sent(self, reached - full, full)
+            if full:
+                logger.info("group_send to %r skipped %d full channel(s)", group, full)
+            return
+        home = state.pools[self._shard_of(group)]
         if self.ring_size == 1 and not self.channel_capacity:
             full, reached = await self._run_script(
                 home,
@@ -851,7 +1081,7 @@ class RedisChannelLayer(RedisLayer[_LoopState]):
                 (
                     self._channel_prefix,
                     self._process_prefix,
-                    self._header(home),
+                    self._header(home.clock),
                     payload,
                     self.capacity,
                     self._ttl_ms,
@@ -872,6 +1102,45 @@ class RedisChannelLayer(RedisLayer[_LoopState]):
         if full:
             logger.info("group_send to %r skipped %d full channel(s)", group, full)
 
+    async def _push_by_slot(
+        self, router: ClusterRouter, members: list[bytes], payload: bytes, what: str
+    ) -> int:
+        """A cluster's share of ``group_send``: one ``PUSH_MANY`` per slot that
+        holds members (a script may not span slots), sent as one pipeline per
+        master, all masters at once. Returns how many members were full."""
+        # slot -> key -> [capacity, names for a process list or None]
+        plan: dict[int, dict[str, list[Any]]] = {}
+        for raw in members:
+            name = raw.decode()
+            key = self._route(name)[0]
+            targets = plan.setdefault(key_slot(key), {})
+            entry = targets.get(key)
+            if entry is None:
+                targets[key] = [self.get_capacity(name), [name] if "!" in name else None]
+            elif entry[1] is not None:
+                entry[1].append(name)
+        if not plan:
+            return 0
+        header = self._header(self._cluster_clock)
+        batch = []
+        for slot, targets in plan.items():
+            args: list[Any] = [header, payload, self._ttl_ms, b"0"]
+            for capacity, names in targets.values():
+                args.append(capacity)
+                args.append(",".join(names).encode() + b"|" if names else b"")
+            command = ("EVALSHA", scripts.PUSH_MANY.sha, len(targets), *targets, *args)
+            batch.append((slot, partial(_deduplicated, command, 3 + len(targets) + 3)))
+        try:
+            replies = await router.execute_many(batch)
+        except ClusterUnavailable as exc:
+            raise RedisUnavailable(f"Redis Cluster is unavailable for {what}: {exc}") from exc
+        full = 0
+        for reply in replies:
+            if isinstance(reply, ReplyError):
+                raise reply
+            full += reply
+        return full
+
     async def _push_to_members(
         self, state: _LoopState, members: list[bytes], payload: bytes, what: str
     ) -> int:
@@ -891,7 +1160,7 @@ class RedisChannelLayer(RedisLayer[_LoopState]):
         async def push(index: int, targets: dict[str, list[Any]]) -> None:
             nonlocal full
             shard = state.pools[index]
-            args: list[Any] = [self._header(shard), payload, self._ttl_ms, b"0"]
+            args: list[Any] = [self._header(shard.clock), payload, self._ttl_ms, b"0"]
             for capacity, names in targets.values():
                 args.append(capacity)
                 args.append(",".join(names).encode() + b"|" if names else b"")

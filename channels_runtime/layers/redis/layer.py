@@ -15,7 +15,12 @@ lives here:
   shut down, the next time a state is made;
 * running a command with retries on a fresh connection within
   ``retry_budget``;
-* readiness (``ping``) and the outage figures for the metrics.
+* readiness (``ping``) and the outage figures for the metrics;
+* a Redis Cluster (a ``hosts`` entry such as ``"redis+cluster://h1:p1,h2:p2"``,
+  see :mod:`.cluster`): then ``cluster`` holds its settings and each loop
+  state a :class:`~.cluster.ClusterRouter` (``router``) instead of a pool
+  per server; :meth:`RedisLayer._cluster_command` runs a command through it
+  with the same retry budget and the same :class:`RedisUnavailable`.
 """
 
 from __future__ import annotations
@@ -33,9 +38,10 @@ import anyio.lowlevel
 
 from ..base import BaseChannelLayer, CapacityPattern
 from . import scripts
+from .cluster import ClusterRouter, ClusterSpec, ClusterUnavailable, Target, find_cluster
 from .connections import FAILURES, Outage, Pool, RedisUnavailable, Transient, loop_is_dead
 from .connections import TRANSIENT_REPLIES as _TRANSIENT_REPLIES
-from .hosts import ServerTime, describe_all
+from .hosts import HostSpec, ServerTime, describe_all
 from .ping import ping_servers
 from .protocol import Connection, ReplyError
 from .routing import ShardRouter
@@ -70,26 +76,46 @@ class LayerOptions(ConnectionOptions, total=False):
 
 
 class LoopState:
-    """What a layer keeps for one event loop: at least a connection pool per server."""
+    """What a layer keeps for one event loop: a connection pool per server
+    (for a cluster: per seed, unused by a layer that routes through the
+    cluster), and for a cluster, if the layer's ``routes_cluster`` says so, a
+    :class:`~.cluster.ClusterRouter` (``router``), which keeps a pool per
+    node, made by the layer's ``_node_pool``."""
 
-    __slots__ = ("__weakref__", "pools", "token_ref")
+    __slots__ = ("__weakref__", "pools", "router", "token_ref")
 
     def __init__(self, layer: RedisLayer[Any], token: Any) -> None:
         self.token_ref = weakref.ref(token)
+        self.router: ClusterRouter | None = None
+        if layer.cluster is not None and layer.routes_cluster:
+            self.router = ClusterRouter(
+                layer.cluster,
+                max_connections=layer.max_connections,
+                connect_timeout=layer.connect_timeout,
+                socket_timeout=layer.socket_timeout,
+                retry_budget=layer.retry_budget,
+                script_sources={s.sha: s.source for s in scripts.BY_SHA.values()},
+                pool_factory=lambda index, spec: layer._node_pool(self, index, spec),
+            )
         self.pools = [
             Pool(layer, i, spec, layer.max_connections, layer._clocks[i], layer.connect_timeout)
             for i, spec in enumerate(layer.hosts)
         ]
 
     def outages(self) -> Iterator[Outage]:
-        """The servers as this loop sees them (for the metrics)."""
+        """The servers (or cluster nodes) as this loop sees them (for the metrics)."""
         for pool in self.pools:
             yield pool.outage
+        if self.router is not None:
+            for pool in self.router.pools.values():
+                yield pool.outage
 
     def abandon(self) -> None:
         """The loop has ended without ``close()``: shut its sockets down."""
         for pool in self.pools:
             pool.abandon()
+        if self.router is not None:
+            self.router.abandon()
 
 
 S = TypeVar("S", bound=LoopState)
@@ -105,6 +131,9 @@ class RedisLayer(RedisSettings, BaseChannelLayer, Generic[S]):
     #: of Redis (a refused connection costs the server next to nothing).
     backoff_min: ClassVar[float] = 0.05
     backoff_max: ClassVar[float] = 0.25
+    #: Whether each loop state gets a :class:`~.cluster.ClusterRouter` when
+    #: ``hosts`` names a cluster (a layer with its own cluster client says no).
+    routes_cluster: ClassVar[bool] = False
 
     def __init__(
         self,
@@ -127,11 +156,14 @@ class RedisLayer(RedisSettings, BaseChannelLayer, Generic[S]):
         """Check and store the settings, then :meth:`_start`. A subclass sets
         what ``_token_changed`` needs before calling this."""
         check_positive("expiry", expiry)
+        #: The Redis Cluster ``hosts`` names, if it names one (then ``hosts``
+        #: holds its seeds, for the code that wants a list of servers).
+        self.cluster: ClusterSpec | None = find_cluster(hosts)
         BaseChannelLayer.__init__(
             self, expiry=expiry, capacity=capacity, channel_capacity=channel_capacity
         )
         self._configure_redis(
-            hosts=hosts,
+            hosts=None if self.cluster else hosts,
             prefix=prefix,
             expiry=expiry,
             group_expiry=group_expiry,
@@ -144,6 +176,9 @@ class RedisLayer(RedisSettings, BaseChannelLayer, Generic[S]):
             retry_budget=retry_budget,
             max_buffered=max_buffered,
         )
+        if self.cluster is not None:
+            self.hosts = list(self.cluster.seeds)
+            self.ring_size = len(self.hosts)
         self._start()
 
     _pid: int
@@ -158,6 +193,9 @@ class RedisLayer(RedisSettings, BaseChannelLayer, Generic[S]):
         self._shard_of = self._router.index_of
         #: Server clock offsets, per server, shared by every loop's connections.
         self._clocks = [ServerTime() for _ in self.hosts]
+        #: A cluster's nodes share one clock offset: their clocks are assumed
+        #: to agree (NTP), as a cluster's own failure detection assumes.
+        self._cluster_clock = ServerTime()
         self._new_process()
 
     def _new_process(self) -> None:
@@ -180,8 +218,15 @@ class RedisLayer(RedisSettings, BaseChannelLayer, Generic[S]):
     def _new_state(self, token: Any) -> S:
         raise NotImplementedError
 
+    def _node_pool(self, state: S, index: int, spec: HostSpec) -> Pool:
+        """The pool of a cluster node first seen by ``state``'s router (a hook:
+        a subclass sets its ``on_open`` here)."""
+        return Pool(self, index, spec, self.max_connections, self._cluster_clock,
+                    self.connect_timeout)  # fmt: skip
+
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(hosts=[{describe_all(self.hosts)}], prefix={self.prefix!r})"
+        where = self.cluster.describe() if self.cluster else describe_all(self.hosts)
+        return f"{type(self).__name__}(hosts=[{where}], prefix={self.prefix!r})"
 
     # -- per-loop state -------------------------------------------------------------------
 
@@ -300,14 +345,50 @@ class RedisLayer(RedisSettings, BaseChannelLayer, Generic[S]):
                 await anyio.sleep(min(delay, deadline - now) * random.uniform(0.8, 1.0))
                 delay = min(delay * 2, self.backoff_max)
 
+    async def _cluster_command(
+        self,
+        router: ClusterRouter,
+        target: Target,
+        args: tuple[Any, ...],
+        what: str,
+        name: str | None = None,
+        dedupe: int = -1,
+    ) -> Any:
+        """:meth:`_command` for a cluster: run ``args`` on the master serving
+        ``target`` (redirects, failovers and retries are the router's, within
+        the same ``retry_budget``). ``dedupe`` as for :meth:`_command`; the
+        router's :class:`~.cluster.ClusterUnavailable` becomes
+        :class:`RedisUnavailable`, error replies are raised."""
+
+        def build(maybe_applied: bool) -> tuple[Any, ...]:
+            if maybe_applied and dedupe >= 0:
+                return (*args[:dedupe], b"1", *args[dedupe + 1 :])
+            return args
+
+        try:
+            return await router.execute(target, build)
+        except ClusterUnavailable as exc:
+            if name is not None:
+                what = f"{what} {name!r}"
+            raise RedisUnavailable(f"Redis Cluster is unavailable for {what}: {exc}") from exc
+
     # -- readiness and metrics --------------------------------------------------------------
 
     async def ping(self) -> None:
-        """``PING`` every server over this event loop's own connections (for
-        readiness checks). Raises :class:`RedisUnavailable` naming the server
-        that did not answer; see :func:`~.ping.ping_servers`."""
+        """``PING`` every server (for a cluster: every master) over this event
+        loop's own connections (for readiness checks). Raises
+        :class:`RedisUnavailable` naming the server that did not answer; see
+        :func:`~.ping.ping_servers`."""
+        state = self._state()
+        pools = state.pools
+        if state.router is not None:
+            try:
+                topology = await state.router.refresh()
+            except ClusterUnavailable as exc:
+                raise RedisUnavailable(str(exc)) from exc
+            pools = [state.router.pool(address) for address in topology.masters]
         await ping_servers(
-            self._state().pools,
+            pools,
             Pool.lease,
             socket_timeout=self.socket_timeout,
             failures=FAILURES,

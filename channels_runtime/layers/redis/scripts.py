@@ -14,8 +14,12 @@ milliseconds, the nonce (random hex) makes every element unique so that a send
 retried after a lost reply can tell whether the first attempt landed, and for a
 process list the body is ``<channel>[,<channel>...]|<payload>``.
 
-Scripts reach keys they compute themselves (group members), which standalone
-Redis allows; Redis Cluster does not, and is not supported.
+``GROUP_SEND`` reaches keys it computes itself (group members), which
+standalone Redis allows and Redis Cluster does not: it is used only on a
+single server. With a cluster every key carries a hash tag (``P:ch:{<channel>}``,
+``P:pr:{<token>}``, ``P:gr:{<group>}``), every other script is given all the
+keys it touches, and ``PUSH_MANY`` is run once per slot with that slot's keys,
+so no script spans slots. Without a cluster the keys have no tag, as before.
 """
 
 from __future__ import annotations

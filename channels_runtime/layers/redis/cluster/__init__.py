@@ -8,8 +8,8 @@ from .client import ClusterRouter, ClusterUnavailable, Command, Target, slot_of
 from .redirects import Redirect, parse_redirect
 from .settings import ClusterSpec, decode_cluster, find_cluster, is_cluster_entry
 from .sharded import ShardedPush, channels_by_node, parse_sharded_push
-from .slots import SLOT_COUNT, crc16, group_by_slot, hash_tag, key_slot
-from .topology import NodeAddress, Shard, Topology, TopologyError, fetch_topology
+from .slots import SLOT_COUNT, crc16, group_by_slot, hash_tag, key_slot, slot_tag
+from .topology import NodeAddress, Shard, Topology, TopologyError, fetch_topology, node_slots
 
 __all__ = [
     "SLOT_COUNT",
@@ -33,7 +33,9 @@ __all__ = [
     "hash_tag",
     "is_cluster_entry",
     "key_slot",
+    "node_slots",
     "parse_redirect",
     "parse_sharded_push",
     "slot_of",
+    "slot_tag",
 ]

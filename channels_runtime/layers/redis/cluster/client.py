@@ -149,6 +149,8 @@ class ClusterRouter:
         #: How many times the map was fetched, and MOVED/ASK redirects followed.
         self.refreshes = 0
         self.redirects = 0
+        #: Pipelines written per node by :meth:`execute_many` (one per round trip).
+        self.round_trips: dict[NodeAddress, int] = {}
         #: Why the last refresh failed (``None`` once one has worked).
         self.refresh_problem: str | None = None
         self._pools: dict[NodeAddress, Pool] = {}
@@ -468,6 +470,7 @@ class ClusterRouter:
                         wire.append(encode_command("ASKING"))
                     wire.append(encode_command(*args))
                 written = True
+                self.round_trips[address] = self.round_trips.get(address, 0) + 1
                 await conn.send(b"".join(wire))
                 for job in jobs:
                     if job.ask is not None:

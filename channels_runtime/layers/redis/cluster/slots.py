@@ -68,3 +68,22 @@ def group_by_slot(keys: Iterable[str | bytes]) -> dict[int, list[str | bytes]]:
     for key in keys:
         groups.setdefault(key_slot(key), []).append(key)
     return groups
+
+
+_TAGS: dict[int, str] = {}
+
+
+def slot_tag(slot: int) -> str:
+    """A short string whose slot is ``slot``: put in a key as ``{tag}``, it
+    places the key on whichever node serves ``slot`` (the layer keeps one such
+    key per node). Found by trying ``"0"``, ``"1"``, ... (about 16,000 tries
+    for a slot, a few milliseconds), and remembered."""
+    tag = _TAGS.get(slot)
+    if tag is None:
+        if not 0 <= slot < SLOT_COUNT:
+            raise ValueError(f"slot {slot} is out of range 0-{SLOT_COUNT - 1}")
+        n = 0
+        while crc16(b"%d" % n) & (SLOT_COUNT - 1) != slot:
+            n += 1
+        tag = _TAGS[slot] = str(n)
+    return tag

@@ -221,3 +221,24 @@ async def fetch_topology(
     if isinstance(reply, ReplyError):
         raise reply
     return parse_cluster_slots(reply, contacted), False
+
+
+def node_slots(described: bytes | str) -> list[tuple[int, int]]:
+    """The slot ranges a node serves, from its own line (flagged ``myself``)
+    of its ``CLUSTER NODES`` reply; empty for a replica or a master without
+    slots. Migration markers (``[slot->-id]``) are not ranges and are skipped."""
+    text = described.decode() if isinstance(described, bytes) else described
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) < 8 or "myself" not in fields[2].split(","):
+            continue
+        if "master" not in fields[2].split(","):
+            return []
+        ranges = []
+        for part in fields[8:]:
+            if part.startswith("["):
+                continue
+            start, _, end = part.partition("-")
+            ranges.append((int(start), int(end or start)))
+        return sorted(ranges)
+    return []
