@@ -83,7 +83,7 @@ async def test_settings_forms(cluster: RedisCluster) -> None:
         [{"cluster": True, "address": f"redis://{LOCAL}:{cluster.ports[0]}"}],
     ):
         layer = RedisPubSubChannelLayer(hosts=hosts)
-        assert layer._cluster is not None
+        assert layer.cluster is not None
         assert "127.0.0.1" in repr(layer)
         await layer.ping()
         await layer.close()

@@ -27,6 +27,17 @@ Topics (Pub/Sub channel names; ``prefix`` is the layer's):
 Each topic lives on the server its name hashes to (the same jump hash as the
 list-based layer), so several ``hosts`` are shards.
 
+**Redis Cluster** (a ``redis+cluster://`` entry, or ``{"cluster": True, ...}``,
+as the only ``hosts`` entry): sharded Pub/Sub, Redis 7 or later. A topic lives
+in the slot of its name; ``SPUBLISH`` goes to the master serving it (through
+the loop's :class:`~.cluster.ClusterRouter`, which follows ``MOVED`` and
+failovers within ``retry_budget``), and the loop holds one subscribed
+connection per master, with ``SSUBSCRIBE`` for the topics of that master's
+slots. When a slot moves (``sunsubscribe`` pushed unasked, ``MOVED`` to an
+``SSUBSCRIBE``) or a node's connection breaks, its topics are placed again on
+the master the refreshed slot map names, retried every ``backoff_max`` until
+one does (see :mod:`.pubsub_cluster`). Everything else below is the same.
+
 **Who reads the sockets.** Every event loop holds one subscribed connection per
 server, and something must read it. A background reader task would have no
 owner: the layer is called from many unrelated tasks (consumers, views, scripts)
@@ -90,10 +101,9 @@ import anyio.lowlevel
 from ... import metrics
 from ...compat.wakeup import Wakeup, new_wakeup
 from ..base import Message
-from .cluster import ClusterSpec, ClusterUnavailable, find_cluster
-from .connections import FAILURES, Outage, Pool, RedisUnavailable
+from .cluster import ClusterUnavailable
+from .connections import FAILURES, Outage, RedisUnavailable
 from .layer import LayerOptions, LoopState, RedisLayer
-from .ping import ping_servers
 from .protocol import Connection, ProtocolError, ReplyError
 from .pubsub_cluster import ShardedTopics
 from .queues import pop_live
@@ -202,8 +212,8 @@ class _LoopState(LoopState):
         #: Cluster mode: the sharded subscriptions (one subscriber per master,
         #: appended to ``subscribers`` as masters are met).
         self.cluster: ShardedTopics | None = None
-        if layer._cluster is not None:
-            self.cluster = ShardedTopics(layer, layer._cluster, self.subscribers)
+        if self.router is not None:
+            self.cluster = ShardedTopics(layer, self.router, self.subscribers)
         else:
             self.subscribers += [
                 Subscriber(i, spec, layer._clocks[i], Outage(layer, spec.describe()))
@@ -231,7 +241,10 @@ class _LoopState(LoopState):
 
     def outages(self) -> Iterator[Outage]:
         if self.cluster is not None:
+            # Subscriptions as one (a loss ends when every topic is back), and
+            # the publishing pools of the nodes.
             yield self.cluster.outage
+            yield from super().outages()
             return
         for sub in self.subscribers:
             yield sub.outage
@@ -266,6 +279,10 @@ class RedisPubSubChannelLayer(RedisLayer[_LoopState]):
     #: that vanished without closing (a network partition, a NAT timeout).
     health_check_interval: ClassVar[float] = 30.0
 
+    #: With a cluster in ``hosts``, each loop gets a router (``state.router``):
+    #: it publishes, and tells where each topic is subscribed.
+    routes_cluster: ClassVar[bool] = True
+
     def __init__(
         self,
         hosts: Sequence[Any] | None = None,
@@ -286,19 +303,7 @@ class RedisPubSubChannelLayer(RedisLayer[_LoopState]):
         self._plen = len(self._topic_prefix)
         self._channel_topics = self._topic_prefix + b"ch:"
         self._group_topics = self._topic_prefix + b"gr:"
-        #: Cluster mode (a Redis Cluster entry in ``hosts``): sharded Pub/Sub.
-        self._cluster: ClusterSpec | None = find_cluster(hosts)
         super().__init__(hosts, prefix, **settings)
-
-    def _configure_redis(self, *, hosts: Sequence[Any] | None, **settings: Any) -> None:
-        if self._cluster is None:
-            super()._configure_redis(hosts=hosts, **settings)
-            return
-        # The seeds stand in for ``hosts`` where a list of servers is expected
-        # (``repr``); nothing is sent to them but through the cluster router.
-        super()._configure_redis(hosts=None, **settings)
-        self.hosts = list(self._cluster.seeds)
-        self.ring_size = len(self.hosts)
 
     def _token_changed(self) -> None:
         self._process_topic = self._topic_prefix + b"pr:" + self.client_token.encode()
@@ -344,8 +349,10 @@ class RedisPubSubChannelLayer(RedisLayer[_LoopState]):
         topic, index, head = self._route(channel)
         data = head + payload if head else payload
         state = self._state()
-        if state.cluster is not None:
-            await self._spublish(state.cluster, topic, data, "send to", channel)
+        if state.router is not None:
+            await self._cluster_command(
+                state.router, topic, ("SPUBLISH", topic, data), "send to", channel
+            )
         else:
             pool = state.pools[index]
             await self._command(pool, ("PUBLISH", topic, data), "send to", channel)
@@ -362,9 +369,11 @@ class RedisPubSubChannelLayer(RedisLayer[_LoopState]):
         topic, index = self._group_topic(group)
         state = self._state()
         # PUBLISH answers how many subscribed connections Redis forwarded it to.
-        if state.cluster is not None:
+        if state.router is not None:
             reached = int(
-                await self._spublish(state.cluster, topic, payload, "group_send to", group)
+                await self._cluster_command(
+                    state.router, topic, ("SPUBLISH", topic, payload), "group_send to", group
+                )
             )
         else:
             pool = state.pools[index]
@@ -373,18 +382,6 @@ class RedisPubSubChannelLayer(RedisLayer[_LoopState]):
             )
         if metrics.enabled:  # fan-out: the subscribed processes Redis forwarded it to
             metrics.layers.group_sent(self, reached)
-
-    async def _spublish(
-        self, cluster: ShardedTopics, topic: bytes, data: bytes, what: str, name: str
-    ) -> Any:
-        """``SPUBLISH`` on the master serving ``topic``'s slot (the router
-        follows ``MOVED`` and retries failures within ``retry_budget``)."""
-        try:
-            return await cluster.router.execute(topic, "SPUBLISH", topic, data)
-        except ClusterUnavailable as exc:
-            raise RedisUnavailable(
-                f"Redis Cluster {cluster.describe()} is unavailable for {what} {name!r}: {exc}"
-            ) from exc
 
     # -- receiving ------------------------------------------------------------------------
 
@@ -1194,25 +1191,6 @@ class RedisPubSubChannelLayer(RedisLayer[_LoopState]):
             **self._outage_metrics(states),
         }
 
-    async def ping(self) -> None:
-        """``PING`` every server (in cluster mode, every master) over this event
-        loop's own connections (for readiness checks)."""
-        cluster = self._state().cluster
-        if cluster is None:
-            await super().ping()
-            return
-        try:
-            topology = await cluster.router.refresh()
-        except ClusterUnavailable as exc:
-            raise RedisUnavailable(str(exc)) from exc
-        await ping_servers(
-            [cluster.router.pool(address) for address in topology.masters],
-            Pool.lease,
-            socket_timeout=self.socket_timeout,
-            failures=FAILURES,
-            unavailable=RedisUnavailable,
-        )
-
     async def flush(self) -> None:
         """Drop this event loop's queued messages, group memberships and idle
         channels (Redis stores nothing to delete). Receivers already waiting
@@ -1248,6 +1226,8 @@ class RedisPubSubChannelLayer(RedisLayer[_LoopState]):
             await pool.close()
         if state.cluster is not None:
             await state.cluster.aclose()
+        if state.router is not None:
+            await state.router.aclose()
         for sub in state.subscribers:
             await sub.disconnect()
         if not state.waiters:

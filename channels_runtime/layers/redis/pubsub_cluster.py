@@ -28,9 +28,8 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from .cluster import ClusterRouter, ClusterSpec, ClusterUnavailable, NodeAddress
-from .connections import Outage, Pool
-from .hosts import HostSpec, ServerTime
+from .cluster import ClusterRouter, ClusterUnavailable, NodeAddress
+from .connections import Outage
 from .subscriber import ShardedSubscriber
 
 __all__ = ["ShardedTopics"]
@@ -39,9 +38,9 @@ _monotonic = time.monotonic
 
 
 class ShardedTopics:
-    """One event loop's sharded subscriptions: the router (slot map and
-    publishing pools), a subscriber per master met so far, and which of them
-    holds each wanted topic.
+    """One event loop's sharded subscriptions: a subscriber per master met so
+    far, which of them holds each wanted topic, and the loop's router (the
+    slot map, shared with publishing).
 
     ``subscribers`` is the layer's list of subscribed connections for this
     loop (its reader reads every one that has topics); nodes are appended as
@@ -66,28 +65,10 @@ class ShardedTopics:
         "waiters",
     )
 
-    def __init__(self, layer: Any, spec: ClusterSpec, subscribers: list[Any]) -> None:
-        self.spec = spec
-
-        def make_pool(index: int, node: HostSpec) -> Pool:
-            # The layer owns the pools' outages, so they count in its metrics.
-            return Pool(
-                layer,
-                index,
-                node,
-                spec.max_connections or layer.max_connections,
-                ServerTime(),
-                layer.connect_timeout,
-            )
-
-        self.router = ClusterRouter(
-            spec,
-            max_connections=layer.max_connections,
-            connect_timeout=layer.connect_timeout,
-            socket_timeout=layer.socket_timeout,
-            retry_budget=layer.retry_budget,
-            pool_factory=make_pool,
-        )
+    def __init__(self, layer: Any, router: ClusterRouter, subscribers: list[Any]) -> None:
+        self.spec = router.spec
+        #: The loop's router (the layer's, which publishes through it too).
+        self.router = router
         self.subscribers: list[ShardedSubscriber] = subscribers
         self.nodes: dict[NodeAddress, ShardedSubscriber] = {}
         #: topic -> the node's subscriber it is wanted on.
@@ -111,7 +92,7 @@ class ShardedTopics:
         self.loss_began: float | None = None
         self.recovered_in: float | None = None
         #: The cluster as this loop's reader sees it (for the metrics).
-        self.outage = Outage(layer, spec.describe())
+        self.outage = Outage(layer, router.spec.describe())
 
     def describe(self) -> str:
         return self.spec.describe()
@@ -230,9 +211,7 @@ class ShardedTopics:
     async def aclose(self) -> None:
         for sub in self.subscribers:
             await sub.disconnect()
-        await self.router.aclose()
 
     def abandon(self) -> None:
         for sub in self.subscribers:
             sub.abandon()
-        self.router.abandon()
