@@ -22,7 +22,7 @@ import anyio.to_thread
 import pytest
 from redis_cluster import RedisCluster
 
-from channels_runtime.layers.redis import RedisPubSubChannelLayer
+from channels_runtime.layers.redis import RedisPubSubChannelLayer, RedisUnavailable
 from channels_runtime.layers.redis.cluster import key_slot
 
 LOCAL = "127.0.0.1"
@@ -236,13 +236,15 @@ async def test_master_killed_during_receive_and_broadcasts(
     """SIGKILL a master while consumers wait in receive and a group gets a
     broadcast every 100 ms: the replica is promoted, the layer re-subscribes
     the dead master's topics on it, broadcasts arrive again, no task is left
-    behind. Losses are bounded by the failover window."""
+    behind. A patient publisher (retry budget 15 s) waits the failover out; a
+    hasty one (0.3 s) loses broadcasts, only within the failover window."""
     caplog.set_level(logging.INFO, "channels_runtime.layers.redis")
     await anyio.to_thread.run_sync(cluster.heal)
     tasks_before = len(anyio.get_running_tasks())
     async with (
         pubsub(cluster, retry_budget=15, on_reconnect="redis.reconnect") as layer,
         pubsub(cluster, retry_budget=15) as publisher,
+        pubsub(cluster, retry_budget=0.3) as hasty,
     ):
         group = f"room{random.getrandbits(32)}"
         victim = cluster.master_of_slot(key_slot(f"asgi:gr:{group}"))
@@ -252,6 +254,10 @@ async def test_master_killed_during_receive_and_broadcasts(
         arrivals: dict[str, list[tuple[int, float]]] = {c: [] for c in members}
         sent: list[tuple[int, float]] = []
         stalls: list[float] = []
+        # The hasty publisher's broadcasts: (number, started, ended, whether sent).
+        hasty_sent: list[tuple[int, float, float, bool]] = []
+        hasty_got: dict[str, set[int]] = {c: set() for c in members}
+        notices: dict[str, int] = dict.fromkeys(members, 0)
         stop = anyio.Event()
 
         async def member(channel: str) -> None:
@@ -259,6 +265,24 @@ async def test_master_killed_during_receive_and_broadcasts(
                 message = await layer.receive(channel)
                 if message["type"] == "tick":
                     arrivals[channel].append((message["n"], time.monotonic()))
+                elif message["type"] == "hasty":
+                    hasty_got[channel].add(message["n"])
+                else:
+                    assert message == {"type": "redis.reconnect"}
+                    notices[channel] += 1
+
+        async def hasty_broadcaster() -> None:
+            n = 0
+            while not stop.is_set():
+                started = time.monotonic()
+                try:
+                    await hasty.group_send(group, {"type": "hasty", "n": n})
+                except RedisUnavailable:
+                    hasty_sent.append((n, started, time.monotonic(), False))
+                else:
+                    hasty_sent.append((n, started, time.monotonic(), True))
+                n += 1
+                await anyio.sleep(0.1)
 
         async def broadcaster() -> None:
             n = 0
@@ -275,6 +299,7 @@ async def test_master_killed_during_receive_and_broadcasts(
                 for channel in members:
                     tg.start_soon(member, channel)
                 tg.start_soon(broadcaster)
+                tg.start_soon(hasty_broadcaster)
                 await anyio.sleep(0.5)
                 killed_at = time.monotonic()
                 replica = cluster.crash(victim)
@@ -286,19 +311,32 @@ async def test_master_killed_during_receive_and_broadcasts(
                 stop.set()
                 await anyio.sleep(0.3)
                 tg.cancel_scope.cancel()
+        subscribed = layer.metrics_state()
+        assert subscribed["groups"] == 1
+        assert subscribed["redis_unavailable"] == 0, subscribed
     assert len(anyio.get_running_tasks()) == tasks_before
     numbers = [n for n, _ in sent]
     lost_per_member = {c: sorted(set(numbers) - {n for n, _ in got}) for c, got in arrivals.items()}
     lost = lost_per_member[members[0]]
     sent_at = dict(sent)
     window = (sent_at[lost[-1]] - sent_at[lost[0]] + 0.1) if lost else 0.0
+    hasty_lost = [
+        (started, ended)
+        for n, started, ended, ok in hasty_sent
+        if not ok or any(n not in got for got in hasty_got.values())
+    ]
+    hasty_window = hasty_lost[-1][1] - hasty_lost[0][0] if hasty_lost else 0.0
     report = (
         f"[{anyio_backend[0]}{'+uvloop' if anyio_backend[1] else ''}] promotion "
         f"{promoted_at - killed_at:.2f}s after SIGKILL; re-subscribed on the new master "
         f"{resubscribed_at - promoted_at:+.2f}s after the promotion was seen "
         f"({recovered_in:.2f}s after the connection broke); "
         f"longest group_send {max(stalls):.2f}s (SPUBLISH retried until the promotion); "
-        f"{len(lost)} of {len(sent)} broadcasts lost per member, over {window:.2f}s"
+        f"{len(lost)} of {len(sent)} broadcasts lost per member, over {window:.2f}s; "
+        f"hasty publisher (0.3 s budget): {len(hasty_lost)} of {len(hasty_sent)} lost "
+        f"({sum(not ok for *_, ok in hasty_sent)} raised RedisUnavailable) over "
+        f"{hasty_window:.2f}s, the first {hasty_lost[0][0] - killed_at if hasty_lost else 0:.2f}s "
+        f"after SIGKILL"
     )
     print(report)
     # Every member lost the same broadcasts: those sent while the group's slot had no master.
@@ -307,6 +345,10 @@ async def test_master_killed_during_receive_and_broadcasts(
     assert resubscribed_at - promoted_at < 0.5 + 0.5, report
     # After the new master is subscribed, every broadcast arrives.
     assert all(sent_at[n] < resubscribed_at for n in lost), report
+    assert hasty_lost, report  # the short budget did see the outage
+    assert hasty_window < promoted_at - killed_at + 1.0, report
+    assert all(ended < resubscribed_at + 0.5 for _, ended in hasty_lost), report
+    assert all(count == 1 for count in notices.values()), notices
     assert "Re-subscribed" in caplog.text
     await anyio.to_thread.run_sync(cluster.revive, victim)
 
