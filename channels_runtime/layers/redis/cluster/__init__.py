@@ -1,7 +1,8 @@
 """Redis Cluster support for the Redis layers: slots, the slot map, redirects,
 per-node pools and a router that runs commands on the right master.
 
-See ``docs/redis-cluster.md`` for the settings and the guarantees.
+See the "Redis Cluster" section of ``docs/scaling-out.md`` for the settings
+and the guarantees.
 """
 
 from .client import ClusterRouter, ClusterUnavailable, Command, Target, slot_of
