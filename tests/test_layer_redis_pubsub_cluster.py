@@ -20,7 +20,8 @@ from typing import Any
 import anyio
 import anyio.to_thread
 import pytest
-from redis_cluster import RedisCluster
+from redis_cluster import ClusterTLS, RedisCluster
+from redis_server import require_binary
 
 from channels_runtime.layers.redis import RedisPubSubChannelLayer, RedisUnavailable
 from channels_runtime.layers.redis.cluster import key_slot
@@ -389,6 +390,45 @@ async def test_whole_cluster_restarted(cluster: RedisCluster) -> None:
             f"after that; subscriptions were lost for {outage:.2f}s in all"
         )
         assert resubscribed - healthy < 0.5
+
+
+@pytest.fixture(scope="module")
+def secure_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    from test_layer_redis import _make_certificates
+
+    require_binary("openssl")
+    ca, cert, key = _make_certificates(tmp_path_factory.mktemp("pubsub-cluster-tls"))
+    tls = ClusterTLS(ca=ca, cert=cert, key=key)
+    with RedisCluster(3, 0, tls=tls, username="alice", password="wonder land") as started:
+        yield started
+
+
+async def test_tls_and_acl_user(secure_cluster: RedisCluster) -> None:
+    """A TLS-only cluster whose nodes require an ACL user: the subscribed
+    connections to every master use TLS and the user, like the publishing ones."""
+    assert secure_cluster.tls is not None
+    url = (
+        f"rediss+cluster://alice:wonder%20land@{LOCAL}:{secure_cluster.ports[0]}"
+        f"?ssl_ca_certs={secure_cluster.tls.ca}"
+    )
+    layer = RedisPubSubChannelLayer(hosts=[url])
+    try:
+        await layer.ping()
+        channels = [await layer.new_channel() for _ in range(3)]
+        groups = [f"secure{n}" for n in range(12)]
+        for group in groups:
+            await layer.group_add(group, channels[0])
+        assert len(masters_of(layer)) == 3
+        with anyio.fail_after(10):
+            for group in groups:
+                await layer.group_send(group, {"type": "g", "group": group})
+            # (In order per topic; topics on different masters may interleave.)
+            got = [(await layer.receive(channels[0]))["group"] for _ in groups]
+            assert sorted(got) == sorted(groups)
+            await layer.send(channels[2], {"type": "direct"})
+            assert await layer.receive(channels[2]) == {"type": "direct"}
+    finally:
+        await layer.close()
 
 
 def test_asyncio_and_trio_servers_share_a_group(cluster: RedisCluster, tmp_path: Path) -> None:
