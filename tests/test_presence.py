@@ -477,3 +477,11 @@ async def test_consumer_error_still_leaves(anyio_backend: Any) -> None:
     assert [m.meta["name"] for m in await presence.members(layer, "room.lobby")] == ["watcher"]
     await watcher.disconnect()
     assert events_group("room.lobby") not in layer.groups
+
+
+@pytest.mark.parametrize("kind", ["redis", "pubsub"])
+def test_presence_on_a_cluster_layer_is_refused_by_name(kind: str) -> None:
+    cls = RedisChannelLayer if kind == "redis" else RedisPubSubChannelLayer
+    layer = cls(hosts=["redis+cluster://127.0.0.1:7000,127.0.0.1:7001"])  # never contacted
+    with pytest.raises(NotImplementedError, match="presence does not support a Redis Cluster"):
+        presence.configure(layer)

@@ -59,6 +59,14 @@ def _make_store(layer: Any, lease_seconds: float) -> MemoryStore | RedisStore:
     if isinstance(layer, InMemoryChannelLayer):
         return MemoryStore()
     if isinstance(layer, RedisSettings):
+        if getattr(layer, "cluster", None) is not None:
+            # Its scripts name keys built from their arguments (a dead lease's
+            # members), which a cluster refuses: say so now, not as CROSSSLOT later.
+            raise NotImplementedError(
+                "presence does not support a Redis Cluster yet (its scripts touch keys "
+                "in several slots): use it with the in-memory layer or a non-cluster "
+                "Redis layer (docs/presence.md)"
+            )
         return RedisStore(layer, lease_seconds)
     raise TypeError(
         f"presence supports the in-memory and Redis channel layers, not {type(layer).__qualname__}"
