@@ -21,7 +21,9 @@ from typing import Any
 import anyio
 import anyio.to_thread
 import pytest
-from redis_cluster import RedisCluster
+from redis_cluster import ClusterTLS, RedisCluster
+from redis_server import require_binary
+from test_layer_redis import _make_certificates
 
 from channels_runtime.exceptions import ChannelFull
 from channels_runtime.layers.redis import RedisChannelLayer
@@ -53,12 +55,17 @@ def url_of(cluster: RedisCluster) -> str:
 
 @asynccontextmanager
 async def cluster_layer(cluster: RedisCluster, **options: Any) -> AsyncIterator[RedisChannelLayer]:
-    layer = RedisChannelLayer(hosts=[url_of(cluster)], **options)
+    hosts = options.pop("hosts", [url_of(cluster)])
+    layer = RedisChannelLayer(hosts=hosts, **options)
     try:
         yield layer
     finally:
         await layer.flush()
         await layer.close()
+        # Nothing left open: every connection was given back, and is now closed.
+        router = layer._state().router
+        assert router is not None
+        assert all(not pool.open for pool in router.pools.values()), router.pools
 
 
 def master_of(cluster: RedisCluster, key: str) -> int:
@@ -201,10 +208,12 @@ async def test_a_master_killed_while_consumers_wait_and_a_group_gets_broadcasts(
     cluster = healthy
     consumers = 30
     async with cluster_layer(cluster, retry_budget=retry_budget) as layer:
-        names = [f"watcher-{i}" for i in range(consumers)]
+        names = [f"watcher-{i}" for i in range(consumers - 5)]
+        names += [await layer.new_channel() for _ in range(5)]
         for name in names:
             await layer.group_add("broadcast", name)
-        victim = master_of(cluster, layer._route(names[0])[0])
+        # The master holding this process's list: its specific channels are hit too.
+        victim = master_of(cluster, layer._process_key)
         on_victim = [n for n in names if master_of(cluster, layer._route(n)[0]) == victim]
         sent_at: dict[int, float] = {}
         received: dict[str, list[int]] = {name: [] for name in names}
@@ -361,6 +370,47 @@ async def test_whole_cluster_restarted_empty(
         # others had none of this process's groups.
         assert len(names) in counts
         assert set(counts) <= {0, len(names)}
+
+
+@pytest.fixture(scope="module")
+def secure_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    require_binary("openssl")
+    ca, cert, key = _make_certificates(tmp_path_factory.mktemp("layer-cluster-tls"))
+    secured = RedisCluster(
+        masters=3,
+        replicas=0,
+        tls=ClusterTLS(ca=ca, cert=cert, key=key),
+        username="alice",
+        password="wonder land",
+    )
+    with secured:
+        yield secured
+
+
+async def test_tls_and_an_acl_user_come_from_the_cluster_entry(
+    secure_cluster: RedisCluster,
+) -> None:
+    assert secure_cluster.tls is not None
+    seeds = [f"rediss://{LOCAL}:{port}" for port in secure_cluster.ports[:2]]
+    entry = {
+        "cluster": True,
+        "nodes": seeds,
+        "username": "alice",
+        "password": "wonder land",
+        "ssl_ca_certs": str(secure_cluster.tls.ca),
+    }
+    async with cluster_layer(secure_cluster, hosts=[entry]) as layer:
+        names = [f"secure-{i}" for i in range(30)] + [await layer.new_channel()]
+        assert {master_of(secure_cluster, layer._route(n)[0]) for n in names} == set(
+            secure_cluster.master_ports()
+        )
+        for name in names:
+            await layer.group_add("secure", name)
+        await layer.group_send("secure", {"type": "tls"})
+        for name in names:
+            with anyio.fail_after(5):
+                assert await layer.receive(name) == {"type": "tls"}
+        await layer.ping()
 
 
 def test_channels_redis_fails_against_a_cluster(cluster: RedisCluster) -> None:
