@@ -229,7 +229,7 @@ async def test_capacity_expiry_group_expiry_and_flush(cluster: RedisCluster) -> 
 
 @pytest.mark.parametrize("retry_budget", [2.0, 6.0])
 async def test_a_master_killed_while_consumers_wait_and_a_group_gets_broadcasts(
-    healthy: RedisCluster, retry_budget: float
+    healthy: RedisCluster, retry_budget: float, caplog: pytest.LogCaptureFixture
 ) -> None:
     """With the default ``retry_budget`` (2 s), shorter than this cluster's
     failover, a ``group_send`` in the middle of it can raise; with a longer
@@ -314,6 +314,9 @@ async def test_a_master_killed_while_consumers_wait_and_a_group_gets_broadcasts(
         assert len(on_victim) > 0
         if retry_budget > 5:
             assert not failed_sends
+        # The killed master is not counted as down: its replica serves its slots.
+        assert layer.metrics_state()["redis_unavailable"] == 0
+        assert "has been replaced after" in caplog.text
 
 
 async def test_slots_moved_during_traffic(healthy: RedisCluster) -> None:

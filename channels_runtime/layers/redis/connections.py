@@ -145,6 +145,24 @@ class Outage:
             metrics.layers.reconnected(self.owner, lasted)
         return lasted
 
+    def moved_on(self, to: str) -> None:
+        """End the outage of a cluster node that is not used any more: its
+        slots are served by ``to`` now (a replica took over). Counted as a
+        reconnection, after as long as the node's callers were without it."""
+        since = self.since
+        if since is None:
+            return
+        self.since = self.up_at = None
+        lasted = _monotonic() - since
+        logger.warning(
+            "Redis at %s has been replaced after %.1fs: its slots are served by %s now",
+            self.where,
+            lasted,
+            to,
+        )
+        if metrics.enabled:
+            metrics.layers.reconnected(self.owner, lasted)
+
     def seconds(self) -> float:
         return 0.0 if self.since is None else _monotonic() - self.since
 

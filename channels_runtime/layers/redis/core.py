@@ -741,6 +741,7 @@ class RedisChannelLayer(RedisLayer[_LoopState]):
                 logger.warning("Lost a message for %r after a cancelled receive: %r", channel, exc)
 
         delay = self.backoff_min
+        failed: Pool | None = None
         while True:
             try:
                 if router is not None:
@@ -750,13 +751,18 @@ class RedisChannelLayer(RedisLayer[_LoopState]):
                 assert shard is not None
                 element = await self._pop_blocking(shard, key, put_back)
             except _FAILURES as exc:
+                failed = shard
                 delay = await self._recover(router, address, shard, exc, delay)
                 continue
             except ReplyError as exc:
                 if router is None:
                     raise
+                failed = shard
                 delay = await self._recover(router, address, shard, exc, delay)
                 continue
+            if failed is not None and failed is not shard:
+                self._replaced(router, failed, address)
+            failed = None
             shard.recovered()
             delay = self.backoff_min
             if element is not None:
@@ -789,6 +795,19 @@ class RedisChannelLayer(RedisLayer[_LoopState]):
                 return min(delay * 2, self.backoff_max)
         assert shard is not None
         return await self._backoff(shard, exc, delay)
+
+    @staticmethod
+    def _replaced(router: ClusterRouter | None, failed: Pool, now: NodeAddress | None) -> None:
+        """A receiver that failed on one cluster node reads from another now:
+        if the first serves no slot any more (a replica took over), its
+        outage is over for this loop."""
+        if router is None or now is None or failed.outage.since is None:
+            return
+        topology = router.topology
+        spec = failed.spec
+        gone = NodeAddress(spec.host or "localhost", spec.port)
+        if topology is not None and gone not in topology.masters:
+            failed.outage.moved_on(str(now))
 
     def _decode(self, shard: Pool, element: bytes, channel: str) -> Any:
         """The message in a normal-channel element, or None if expired or unreadable."""
@@ -865,6 +884,7 @@ class RedisChannelLayer(RedisLayer[_LoopState]):
         local = state.local
         delay = self.backoff_min
         batch = True
+        failed: Pool | None = None
         while me.message is None:
             await anyio.lowlevel.checkpoint_if_cancelled()
             try:
@@ -886,15 +906,20 @@ class RedisChannelLayer(RedisLayer[_LoopState]):
                     elements = [element] if element is not None else []
                     batch = element is not None
             except _FAILURES as exc:
+                failed = shard
                 delay = await self._recover(router, address, shard, exc, delay)
                 batch = True
                 continue
             except ReplyError as exc:
                 if router is None:
                     raise
+                failed = shard
                 delay = await self._recover(router, address, shard, exc, delay)
                 batch = True
                 continue
+            if failed is not None and failed is not shard:
+                self._replaced(router, failed, address)
+            failed = None
             shard.recovered()
             delay = self.backoff_min
             for element in elements:

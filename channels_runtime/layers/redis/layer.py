@@ -107,8 +107,13 @@ class LoopState:
         for pool in self.pools:
             yield pool.outage
         if self.router is not None:
-            for pool in self.router.pools.values():
-                yield pool.outage
+            # Only nodes that serve slots: a master replaced by its replica is
+            # not an outage any more, whether or not anyone noticed.
+            topology = self.router.topology
+            serving = set(topology.masters) if topology is not None else None
+            for address, pool in self.router.pools.items():
+                if serving is None or address in serving:
+                    yield pool.outage
 
     def abandon(self) -> None:
         """The loop has ended without ``close()``: shut its sockets down."""
