@@ -790,7 +790,8 @@ class RedisChannelLayer(RedisLayer[_LoopState]):
                     raise exc
             elif address is not None:
                 router.note_failure(address)
-            if shard is None:
+            if shard is None or isinstance(exc, ReplyError):
+                # (A node that answers, if only "ask another", is not down.)
                 await anyio.sleep(delay * random.uniform(0.5, 1.0))
                 return min(delay * 2, self.backoff_max)
         assert shard is not None
