@@ -544,10 +544,31 @@ class RedisChannelLayer(RedisLayer[_LoopState]):
             )
         if isinstance(wrote, ReplyError) or not isinstance(epoch, bytes) or epoch == pool.epoch:
             return
-        if pool.epoch is not None:
+        seen, pool.epoch = pool.epoch, epoch
+        if seen is not None:
             index = pool.index
-            await self._restore(state, pool, conn, lambda group: self._shard_of(group) == index)
-        pool.epoch = epoch
+            await self._restoring(
+                state, pool, conn, lambda group: self._shard_of(group) == index, seen, epoch
+            )
+
+    async def _restoring(
+        self,
+        state: _LoopState,
+        pool: Pool,
+        conn: Connection,
+        wanted: Callable[[str], bool],
+        seen: bytes,
+        new: bytes,
+    ) -> None:
+        """:meth:`_restore`, once: the new epoch is recorded first, so that
+        connections opened meanwhile do not restore (and log) it again; if the
+        restore fails, the old one is put back for the next connection to retry."""
+        try:
+            await self._restore(state, pool, conn, wanted)
+        except BaseException:
+            if pool.epoch == new:
+                pool.epoch = seen
+            raise
 
     async def _on_open_node(self, state: _LoopState, pool: Pool, conn: Connection) -> None:
         """:meth:`_on_open` for a cluster node: the epoch key is per node, in
@@ -577,14 +598,14 @@ class RedisChannelLayer(RedisLayer[_LoopState]):
         seen = pool.epoch
         if mark == seen:
             return
+        pool.epoch = mark
         if seen is not None and seen.split(b":", 1)[0] == b"%d" % slot:
 
             def served(group: str) -> bool:
                 wanted = key_slot(self._group_key(group))
                 return any(start <= wanted <= end for start, end in ranges)
 
-            await self._restore(state, pool, conn, served)
-        pool.epoch = mark
+            await self._restoring(state, pool, conn, served, seen, mark)
 
     async def _restore(
         self,
