@@ -406,6 +406,51 @@ async def test_whole_cluster_restarted_empty(
         assert set(counts) <= {0, len(names)}
 
 
+async def test_a_master_restarted_empty_gets_its_memberships_back(
+    healthy: RedisCluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A master killed and started again at once, before the cluster fails it
+    over, comes back empty (so does its replica, which resyncs from it): the
+    process notices on that node alone and adds its memberships there again."""
+    cluster = healthy
+    caplog.set_level(logging.INFO, logger=LOGGER)
+    async with cluster_layer(cluster) as layer:
+        home = master_of(cluster, layer._group_key("phoenix"))
+        names = [f"phoenix-{i}" for i in range(12)]
+        for name in names:
+            await layer.group_add("phoenix", name)
+        got: dict[str, Any] = {}
+
+        async def consume(name: str) -> None:
+            got[name] = await layer.receive(name)
+
+        def restart() -> None:
+            node = cluster.node(home)
+            node.kill()
+            node.start()
+
+        with anyio.fail_after(30):
+            async with anyio.create_task_group() as tg:
+                for name in names:
+                    tg.start_soon(consume, name)
+                await anyio.sleep(0.2)
+                await anyio.to_thread.run_sync(restart)
+                # Back well within cluster-node-timeout: still the master.
+                assert cluster.role(home) == "master"
+                while len(got) < len(names):
+                    try:
+                        await layer.group_send("phoenix", {"type": "again"})
+                    except Exception:  # while the cluster is not ok yet
+                        pass
+                    await anyio.sleep(0.1)
+        assert all(message == {"type": "again"} for message in got.values())
+        restored = [r.getMessage() for r in caplog.records if "lost its data" in r.getMessage()]
+        # Once, however many connections were opened to it at the same time.
+        assert len(restored) == 1, restored
+        assert f"127.0.0.1:{home}" in restored[0]
+        assert f"restored {len(names)} group membership(s)" in restored[0]
+
+
 @pytest.fixture(scope="module")
 def secure_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
     require_binary("openssl")

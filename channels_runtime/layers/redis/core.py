@@ -592,6 +592,11 @@ class RedisChannelLayer(RedisLayer[_LoopState]):
             wrote, epoch = await conn.pipeline(
                 [("SET", key, random.randbytes(8).hex(), "NX"), ("GET", key)]
             )
+        if isinstance(wrote, ReplyError) and wrote.code in _CLUSTER_RETRY_CODES:
+            # A node just restarted refuses commands (CLUSTERDOWN) until the
+            # cluster has it back: whether it lost its data cannot be told yet,
+            # so this connection is not used (the caller retries on a new one).
+            raise Transient(str(wrote))
         if isinstance(wrote, ReplyError) or not isinstance(epoch, bytes):
             return
         mark = b"%d:%s" % (slot, epoch)
@@ -637,7 +642,7 @@ class RedisChannelLayer(RedisLayer[_LoopState]):
                 if isinstance(reply, ReplyError):
                     if reply.code in ("MOVED", "ASK"):
                         continue  # its slot moved meanwhile: that node has it
-                    if reply.code in _TRANSIENT_REPLIES:
+                    if reply.code in _TRANSIENT_REPLIES or reply.code in _CLUSTER_RETRY_CODES:
                         raise Transient(str(reply))
                     raise reply
         logger.log(
