@@ -84,13 +84,9 @@ class Variant:
     server: str  # "serve-w2", "serve-x2", "daphne" or "uvicorn"
     worker_class: str = "asyncio"
 
-    @property
-    def module(self) -> str:
-        return "scale_ours_app" if self.impl == "ours" else "scale_channels_app"
-
     def commands(self, ports: list[int], channels_python: str) -> list[list[str]]:
         """One command per server process (``serve -w 2`` is one, with two workers)."""
-        app = f"{self.module}:application"
+        app = "scale_app:application"
         if self.server.startswith("serve"):
             workers = ["--workers", "2"] if self.server == "serve-w2" else []
             return [
@@ -258,6 +254,7 @@ def running(
     ports = [free_port()] if variant.server == "serve-w2" else [free_port(), free_port()]
     env = [
         ("BENCH_LAYER", variant.layer),
+        ("BENCH_IMPL", variant.impl),
         ("BENCH_REDIS_URL", redis_url),
         ("BENCH_PREFIX", f"so{uuid.uuid4().hex[:8]}"),
     ]
