@@ -431,17 +431,21 @@ async def test_tls_and_acl_user(secure_cluster: RedisCluster) -> None:
         await layer.close()
 
 
-def test_asyncio_and_trio_servers_share_a_group(cluster: RedisCluster, tmp_path: Path) -> None:
+@pytest.mark.parametrize("backend", ["RedisPubSubChannelLayer", "RedisChannelLayer"])
+def test_asyncio_and_trio_servers_share_a_group(
+    backend: str, cluster: RedisCluster, tmp_path: Path
+) -> None:
     """Two real ``channels-runtime serve`` processes, one asyncio and one trio,
-    with the Pub/Sub layer on the cluster: a WebSocket client's message to
-    the shared room reaches the clients of both."""
+    with a Redis layer on the cluster (the list layer too, though this file is
+    the Pub/Sub one's): a WebSocket client's message to the shared room reaches
+    the clients of both."""
     from e2e_app.harness import Server, base_env, cli_command
     from websockets.sync.client import connect
 
     (tmp_path / "cluster_settings.py").write_text(
         "from tests.e2e_app.settings import *  # noqa: F403\n"
         "CHANNEL_LAYERS = {'default': {"
-        "'BACKEND': 'channels_runtime.layers.redis.RedisPubSubChannelLayer', "
+        f"'BACKEND': 'channels_runtime.layers.redis.{backend}', "
         f"'CONFIG': {{'hosts': [{cluster_url(cluster)!r}]}}}}}}\n"
     )
     env = base_env(
@@ -458,7 +462,7 @@ def test_asyncio_and_trio_servers_share_a_group(cluster: RedisCluster, tmp_path:
             )
             stack.callback(server.close)
             server.start()
-            assert "RedisPubSubChannelLayer" in server.log(), server.log()
+            assert backend in server.log(), server.log()
             servers[kind] = server
         clients = {}
         for kind, server in servers.items():
