@@ -66,13 +66,14 @@ def servers(
     with ExitStack() as stack:
         redis = stack.enter_context(RedisServer())
         env = _env(tmp_path, redis)
-        subprocess.run(
+        migrate = subprocess.run(
             [sys.executable, "manage.py", "migrate", "--noinput"],
             cwd=EXAMPLE,
             env=env,
-            check=True,
             capture_output=True,
+            text=True,
         )
+        assert migrate.returncode == 0, f"migrate failed:\n{migrate.stdout}\n{migrate.stderr}"
         procs: dict[str, ServerProcess] = {}
         bases: dict[str, str] = {}
         for worker_class in ("asyncio", "trio"):
