@@ -74,7 +74,8 @@ async def test_a_notice_wakes_every_waiter_and_each_deadline_is_its_own(
         assert list(results) == ["short"]  # its deadline passed, the others wait on
         notice.set()
     assert results["short"][0] is False
-    assert 0.05 <= results["short"][1] < 0.3
+    # asyncio runs a timer up to its clock resolution early: a little under 0.05 is on time.
+    assert 0.045 <= results["short"][1] < 0.3
     assert results["long-a"][0] is results["long-b"][0] is True
     assert results["long-a"][1] < 1  # woken by set(), not by the deadline
     assert notice._waiters is None
