@@ -64,8 +64,10 @@ from bench_redis_concurrency import (
     THEIR_MAX_CONNECTIONS,
     TheirCore,
     TheirPubSub,
+    close_layer,
     fmt,
     machine,
+    ping_pong,
 )
 from redis_cluster import RedisCluster
 from runner import redis_server
@@ -101,52 +103,22 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-async def close_layer(layer: Any) -> None:
-    with anyio.CancelScope(shield=True):
-        try:
-            with anyio.move_on_after(10):
-                await layer.flush()
-        except Exception:  # a failed run's layer may not flush; close it anyway
-            pass
-        close = getattr(layer, "close", None)
-        if close is not None:
-            with anyio.move_on_after(10):
-                await close()
-
-
 # -- (a) throughput ----------------------------------------------------------------------
 
 
 async def exchange(make: Callable[[], Any], consumers: int, warmup: float, seconds: float) -> float:
     """Pairs of consumers ping-pong through one layer; messages received per second."""
-    layer = make()
-    received = 0
-    try:
-        names = [await layer.new_channel() for _ in range(consumers)]
 
-        async def consumer(me: int) -> None:
-            nonlocal received
-            mine, partner = names[me], names[me ^ 1]
-            await layer.send(partner, {**MESSAGE, "n": 0})
-            while True:
-                message = await layer.receive(mine)
-                received += 1
-                await layer.send(partner, {**MESSAGE, "n": message["n"] + 1})
+    async def measure(received: Callable[[], int]) -> float:
+        start, began = received(), time.perf_counter()
+        await anyio.sleep(seconds)
+        return (received() - start) / (time.perf_counter() - began)
 
-        with anyio.fail_after(warmup + seconds + STEP_TIMEOUT):
-            async with anyio.create_task_group() as tg:
-                for me in range(consumers):
-                    tg.start_soon(consumer, me)
-                await anyio.sleep(warmup)
-                start, began = received, time.perf_counter()
-                await anyio.sleep(seconds)
-                rate = (received - start) / (time.perf_counter() - began)
-                tg.cancel_scope.cancel()
-        if rate == 0:
-            raise Failed("no message arrived")
-        return rate
-    finally:
-        await close_layer(layer)
+    with anyio.fail_after(warmup + seconds + STEP_TIMEOUT):
+        rate = await ping_pong(make, consumers, warmup, measure)
+    if rate == 0:
+        raise Failed("no message arrived")
+    return rate
 
 
 # -- (b) group_send fan-out ----------------------------------------------------------------

@@ -48,11 +48,11 @@ import statistics
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextlib import ExitStack
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import anyio
@@ -79,6 +79,8 @@ try:
     from channels_redis.pubsub import RedisPubSubChannelLayer as TheirPubSub
 except ImportError:  # pragma: no cover - the script says how to get it
     sys.exit("channels_redis is not installed: pip install -e .[bench]")
+
+T = TypeVar("T")
 
 MESSAGE = {"type": "chat.message", "text": "hello, world", "user": 42, "tags": ["a", "b"]}
 #: Per-channel capacity for every layer: far above the one message in flight per
@@ -172,10 +174,18 @@ class Window:
 # -- the layers ----------------------------------------------------------------------------
 
 
-async def exchange(
-    make: Callable[[], Any], consumers: int, warmup: float, seconds: float, address: tuple[str, int]
-) -> dict[str, Any]:
-    """Pairs of consumers ping-pong messages through one layer; count what arrives."""
+async def ping_pong(
+    make: Callable[[], Any],
+    consumers: int,
+    warmup: float,
+    measure: Callable[[Callable[[], int]], Awaitable[T]],
+) -> T:
+    """Pairs of consumers ping-pong messages through one layer made by ``make``.
+
+    After ``warmup`` seconds, ``measure(received)`` times its own window
+    (``received()`` is the count of messages so far) and its result is
+    returned; then the consumers stop and the layer is flushed and closed.
+    """
     layer = make()
     received = 0
     try:
@@ -194,17 +204,38 @@ async def exchange(
             for me in range(consumers):
                 tg.start_soon(consumer, me)
             await anyio.sleep(warmup)
-            window, start = Window(address), received
-            await anyio.sleep(seconds)
-            result = window.close(received - start)
+            result = await measure(lambda: received)
             tg.cancel_scope.cancel()
         return result
     finally:
-        with anyio.CancelScope(shield=True):
-            await layer.flush()
-            close = getattr(layer, "close", None)
-            if close is not None:
+        await close_layer(layer)
+
+
+async def close_layer(layer: Any) -> None:
+    """Flush and close ``layer`` (each bounded), even after a failed run."""
+    with anyio.CancelScope(shield=True):
+        try:
+            with anyio.move_on_after(10):
+                await layer.flush()
+        except Exception:  # a failed run's layer may not flush; close it anyway
+            pass
+        close = getattr(layer, "close", None)
+        if close is not None:
+            with anyio.move_on_after(10):
                 await close()
+
+
+async def exchange(
+    make: Callable[[], Any], consumers: int, warmup: float, seconds: float, address: tuple[str, int]
+) -> dict[str, Any]:
+    """Messages through one layer in ``seconds``, with Redis's counts for the window."""
+
+    async def measure(received: Callable[[], int]) -> dict[str, Any]:
+        window, start = Window(address), received()
+        await anyio.sleep(seconds)
+        return window.close(received() - start)
+
+    return await ping_pong(make, consumers, warmup, measure)
 
 
 # -- the ceilings -------------------------------------------------------------------------------
