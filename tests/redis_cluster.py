@@ -434,3 +434,20 @@ def keys_in_slot(slot: int, count: int, keyslot: Any, prefix: str = "k") -> Sequ
     while keyslot(f"{n}") != slot:
         n += 1
     return [f"{prefix}{i}{{{n}}}" for i in range(count)]
+
+
+def tls_acl_cluster(directory: Path) -> RedisCluster:
+    """A 3-master, replica-less cluster that speaks TLS only (certificates made in
+    ``directory``) and requires the ACL user ``alice`` / ``wonder land``. Not started:
+    enter it (``with tls_acl_cluster(...) as cluster:``)."""
+    from test_layer_redis import _make_certificates
+
+    require_binary("openssl")
+    ca, cert, key = _make_certificates(directory)
+    return RedisCluster(
+        masters=3,
+        replicas=0,
+        tls=ClusterTLS(ca=ca, cert=cert, key=key),
+        username="alice",
+        password="wonder land",
+    )

@@ -22,9 +22,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 import pytest
-from redis_cluster import ClusterTLS, RedisCluster
-from redis_server import require_binary
-from test_layer_redis import _make_certificates
+from redis_cluster import RedisCluster, tls_acl_cluster
 
 from channels_runtime.exceptions import ChannelFull
 from channels_runtime.layers.redis import RedisChannelLayer
@@ -453,16 +451,7 @@ async def test_a_master_restarted_empty_gets_its_memberships_back(
 
 @pytest.fixture(scope="module")
 def secure_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
-    require_binary("openssl")
-    ca, cert, key = _make_certificates(tmp_path_factory.mktemp("layer-cluster-tls"))
-    secured = RedisCluster(
-        masters=3,
-        replicas=0,
-        tls=ClusterTLS(ca=ca, cert=cert, key=key),
-        username="alice",
-        password="wonder land",
-    )
-    with secured:
+    with tls_acl_cluster(tmp_path_factory.mktemp("layer-cluster-tls")) as secured:
         yield secured
 
 

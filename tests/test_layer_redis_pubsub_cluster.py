@@ -20,8 +20,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 import pytest
-from redis_cluster import ClusterTLS, RedisCluster
-from redis_server import require_binary
+from redis_cluster import RedisCluster, tls_acl_cluster
 
 from channels_runtime.layers.redis import RedisPubSubChannelLayer, RedisUnavailable
 from channels_runtime.layers.redis.cluster import key_slot
@@ -394,12 +393,7 @@ async def test_whole_cluster_restarted(cluster: RedisCluster) -> None:
 
 @pytest.fixture(scope="module")
 def secure_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
-    from test_layer_redis import _make_certificates
-
-    require_binary("openssl")
-    ca, cert, key = _make_certificates(tmp_path_factory.mktemp("pubsub-cluster-tls"))
-    tls = ClusterTLS(ca=ca, cert=cert, key=key)
-    with RedisCluster(3, 0, tls=tls, username="alice", password="wonder land") as started:
+    with tls_acl_cluster(tmp_path_factory.mktemp("pubsub-cluster-tls")) as started:
         yield started
 
 

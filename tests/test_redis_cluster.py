@@ -22,9 +22,8 @@ from typing import Any
 import anyio
 import anyio.to_thread
 import pytest
-from redis_cluster import ClusterTLS, RedisCluster, keys_in_slot
-from redis_server import free_port, require_binary
-from test_layer_redis import _make_certificates
+from redis_cluster import RedisCluster, keys_in_slot, tls_acl_cluster
+from redis_server import free_port
 
 from channels_runtime.layers.redis.cluster import (
     SLOT_COUNT,
@@ -618,16 +617,7 @@ def restart_later(cluster: RedisCluster) -> None:
 
 @pytest.fixture(scope="module")
 def secure_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
-    require_binary("openssl")
-    ca, cert, key = _make_certificates(tmp_path_factory.mktemp("cluster-tls"))
-    secured = RedisCluster(
-        masters=3,
-        replicas=0,
-        tls=ClusterTLS(ca=ca, cert=cert, key=key),
-        username="alice",
-        password="wonder land",
-    )
-    with secured:
+    with tls_acl_cluster(tmp_path_factory.mktemp("cluster-tls")) as secured:
         yield secured
 
 
