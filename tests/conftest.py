@@ -100,3 +100,61 @@ def _communicator_cleanup(request: pytest.FixtureRequest) -> None:
     """Async tests must not leave a communicator's application running."""
     if "anyio_backend" in request.fixturenames:
         request.getfixturevalue("_no_forgotten_communicators")
+
+
+def _logging_state() -> dict[str, object]:
+    import logging
+
+    state: dict[str, object] = {}
+    for name in ("", "hypercorn.error", "hypercorn.access", "channels_runtime"):
+        logger = logging.getLogger(name)
+        state[name or "root"] = (
+            logger.level,
+            logger.disabled,
+            logger.propagate,
+            tuple(logger.handlers),
+            tuple(logger.filters),
+        )
+    return state
+
+
+@pytest.fixture(autouse=True)
+def _process_state_unchanged(request: pytest.FixtureRequest) -> object:
+    """A test must leave the environment and logging as it found them.
+
+    Later tests start subprocesses with ``os.environ`` and read logs through
+    ``caplog``: an in-process ``serve`` that set ``DJANGO_SETTINGS_MODULE`` or
+    configured logging made unrelated tests fail far away. The state is put
+    back, and the test that changed it fails, naming what it changed; a test
+    marked ``configures_logging`` may change the loggers (it runs the command
+    line, or Hypercorn with its own ``Config``, whose job that is).
+    """
+    import logging
+
+    environ = dict(os.environ)
+    logs = _logging_state()
+    yield
+    changed_env = sorted(
+        k
+        for k in set(environ) | set(os.environ)
+        if k != "PYTEST_CURRENT_TEST" and environ.get(k) != os.environ.get(k)
+    )
+    changed_logs = [k for k, v in _logging_state().items() if logs[k] != v]
+    if changed_env:
+        for key in changed_env:
+            if key in environ:
+                os.environ[key] = environ[key]
+            else:
+                del os.environ[key]
+    for name in changed_logs:
+        logger = logging.getLogger("" if name == "root" else name)
+        level, disabled, propagate, handlers, filters = logs[name]  # type: ignore[misc]
+        logger.setLevel(level)
+        logger.disabled = disabled
+        logger.propagate = propagate
+        logger.handlers[:] = list(handlers)
+        logger.filters[:] = list(filters)
+    if request.node.get_closest_marker("configures_logging"):
+        changed_logs = []
+    assert not changed_env, f"the test changed os.environ: {changed_env}"
+    assert not changed_logs, f"the test changed the configuration of loggers {changed_logs}"

@@ -441,11 +441,15 @@ def test_a_busy_metrics_port_stops_the_server(tmp_path: Path) -> None:
             server.close()
 
 
+@pytest.mark.configures_logging
 def test_a_metrics_bind_without_prometheus_client_is_a_usage_error(
     caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # sys.modules[name] = None is how Python spells "not installed" to find_spec.
     monkeypatch.setitem(sys.modules, "prometheus_client", None)
+    # serve would put the settings it picks into os.environ; naming them here
+    # lets monkeypatch take them out again afterwards.
+    monkeypatch.setenv("DJANGO_SETTINGS_MODULE", "tests.metrics_app.settings")
     from channels_runtime.cli import main
 
     assert main(["serve", "tests.metrics_app.asgi", "--metrics-bind", "127.0.0.1:0"]) == 2

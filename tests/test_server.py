@@ -379,6 +379,7 @@ class _Recorder(AsyncWebsocketConsumer):
 
 
 @pytest.mark.anyio
+@pytest.mark.configures_logging  # Hypercorn's Config sets up hypercorn.error
 async def test_embedded_serve_closes_websockets_with_1001(anyio_backend: Any) -> None:
     _Recorder.codes = []
     app = ProtocolTypeRouter({"websocket": URLRouter([path("ws/", _Recorder.as_asgi())])})
@@ -425,6 +426,7 @@ async def _refusing_lifespan(scope: dict[str, Any], receive: Any, send: Any) -> 
 
 
 @pytest.mark.anyio
+@pytest.mark.configures_logging  # Hypercorn's Config sets up hypercorn.error
 async def test_embedded_serve_raises_the_startup_failure(anyio_backend: Any) -> None:
     from hypercorn.utils import LifespanFailureError
 
