@@ -74,7 +74,7 @@ from hypercorn.protocol.ws_stream import (
     WSStream,
 )
 from wsproto.connection import ConnectionState
-from wsproto.events import CloseConnection, Message, Ping, Pong
+from wsproto.events import BytesMessage, CloseConnection, Message, Ping, Pong, TextMessage
 from wsproto.extensions import PerMessageDeflate
 from wsproto.frame_protocol import CloseReason
 from wsproto.utilities import LocalProtocolError
@@ -84,6 +84,9 @@ from channels_runtime.asgi import describe_client
 from channels_runtime.compat.wakeup import Notice
 
 from .options import PERMESSAGE_DEFLATE, PING_TIMEOUT, option
+
+#: The application's messages as Hypercorn sends them (for the frames-sent metric).
+_DATA_FRAMES = (TextMessage, BytesMessage)
 
 __all__ = [
     "CLOSE_TIMEOUT",
@@ -254,7 +257,9 @@ class WebSocketStream(WSStream):
         except LocalProtocolError:
             return
         if self.metrics_record is not None:
-            metrics.outbound.frame_sent(self.metrics_record, isinstance(event, Message), len(data))
+            # type(), not isinstance(): wsproto's events are ABCs, whose check is a Python call.
+            data_frame = type(event) in _DATA_FRAMES
+            metrics.outbound.frame_sent(self.metrics_record, data_frame, len(data))
         await self.send(Data(stream_id=self.stream_id, data=data))
 
     # -- frames from the client ---------------------------------------------

@@ -1,0 +1,251 @@
+"""Instructions the server executes per echo round trip, counted by callgrind.
+
+Run from the repository root, e.g.::
+
+    python bench/e2e/instructions.py raw-asyncio ours-asyncio serve-asyncio
+    python bench/e2e/instructions.py serve-asyncio serve-asyncio-metrics --repeat 3
+
+Why: on a shared two-CPU machine, round trips per second and even CPU seconds
+per round trip move by several percent from run to run, which hides costs of
+one or two percent (the metrics, a yield per message). Valgrind's callgrind
+counts the instructions a process executes in user space, which do not depend
+on what else the machine is doing. Each variant of ``bench_e2e.py`` is started
+under ``valgrind --tool=callgrind`` (pinned to CPU 0, as there), the Node.js
+load generator runs ``echo`` twice with different numbers of round trips per
+connection, and the counters are zeroed before and dumped after each run with
+``callgrind_control``. The difference between the two runs divided by the
+extra round trips is the cost of one round trip, with connection set-up and
+teardown cancelled out. Work that depends on time, not load (the metrics'
+publishing every half second, timers) is measured over a few idle seconds
+and subtracted for the extra seconds the longer run took: under valgrind a
+run lasts 20-50x longer than it would, and would inflate it as much.
+
+``--calls`` counts Python function calls per round trip instead, the same
+way but without valgrind: ``sitecustomize.py`` in this folder profiles the
+server with ``cProfile`` between two signals. Call counts do not depend on
+the machine either; comparing two variants shows which functions the
+extra instructions run in.
+
+What it does not see: time in the kernel (system calls are one instruction
+each here), so the number of system calls per round trip is shown beside it,
+counted the same way with ``strace -c`` when ``--syscalls`` is given. The
+server runs 20-50x slower under valgrind, so timing-dependent behaviour
+(batching of frames that arrive together) can differ from a real run; the
+load generator keeps one message in flight per connection, which keeps that
+small.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench_e2e import BY_KEY
+from runner import HOST, free_port, loadgen, spawn
+
+#: Connections of each echo run, and round trips per connection of the two runs.
+CONNS = 10
+SHORT, LONG = 20, 120
+STARTUP_TIMEOUT = 300.0
+#: Seconds without load over which the background work is measured.
+IDLE_SECONDS = 5.0
+
+
+def _totals(dump: Path) -> int:
+    """The instruction total (``Ir``) of one callgrind dump file."""
+    text = dump.read_text(errors="replace")
+    found = re.search(r"^(?:summary|totals):\s+(\d+)", text, re.MULTILINE)
+    if found is None:
+        raise RuntimeError(f"no totals line in {dump}")
+    return int(found.group(1))
+
+
+def _control(pid: int, *args: str) -> None:
+    subprocess.run(
+        ["callgrind_control", *args, str(pid)],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        timeout=120,
+    )
+
+
+@contextlib.contextmanager
+def under_callgrind(key: str, out_dir: Path, log: Path) -> Iterator[tuple[int, int]]:
+    """Start variant ``key`` under callgrind; yield (its pid, its port)."""
+    import runner
+
+    variant = BY_KEY[key]
+    port = free_port()
+    if variant.config:
+        variant.config_path().write_text(variant.config)
+    command = [
+        "valgrind",
+        "--tool=callgrind",
+        "--instr-atstart=no",  # start-up runs uninstrumented, so faster
+        f"--callgrind-out-file={out_dir}/callgrind.out.%p",
+        *variant.command(port),
+    ]
+    saved = runner.STARTUP_TIMEOUT
+    runner.STARTUP_TIMEOUT = STARTUP_TIMEOUT
+    try:
+        with spawn(key, command, port, log, variant.env) as proc:
+            yield proc.pid, port
+    finally:
+        runner.STARTUP_TIMEOUT = saved
+
+
+def _echo(port: int, rounds: int) -> None:
+    loadgen(
+        "echo", {"url": f"ws://{HOST}:{port}/echo", "conns": CONNS, "rounds": rounds}, None, 600
+    )
+
+
+def _measured_run(pid: int, port: int, rounds: int, out_dir: Path) -> tuple[int, float]:
+    """Instructions and seconds of one echo run of ``rounds`` round trips per
+    connection (``rounds=0``: of :data:`IDLE_SECONDS` without load)."""
+    for old in out_dir.glob("callgrind.out.*"):
+        old.unlink()
+    _control(pid, "--zero")
+    started = time.monotonic()
+    if rounds:
+        _echo(port, rounds)
+    else:
+        time.sleep(IDLE_SECONDS)
+    _control(pid, "--dump")
+    seconds = time.monotonic() - started
+    dumps = sorted(out_dir.glob("callgrind.out.*.*"), key=lambda p: p.stat().st_mtime)
+    if not dumps:
+        raise RuntimeError(f"callgrind wrote no dump in {out_dir}")
+    return _totals(dumps[-1]), seconds
+
+
+def per_round_trip(key: str, repeat: int, log: Path) -> list[float]:
+    """Instructions per round trip of variant ``key``, once per repeat."""
+    results = []
+    with tempfile.TemporaryDirectory(prefix="bench-instr-") as scratch:
+        out_dir = Path(scratch)
+        with under_callgrind(key, out_dir, log) as (pid, port):
+            _control(pid, "--instr=on")
+            _echo(port, SHORT)  # warm up: imports, caches, first connection
+            idle, idle_seconds = _measured_run(pid, port, 0, out_dir)
+            per_second = idle / idle_seconds
+            for _ in range(repeat):
+                short, short_seconds = _measured_run(pid, port, SHORT, out_dir)
+                long, long_seconds = _measured_run(pid, port, LONG, out_dir)
+                background = per_second * (long_seconds - short_seconds)
+                results.append((long - short - background) / (CONNS * (LONG - SHORT)))
+    print(f"{key}: {per_second:,.0f} instructions per second while idle", file=sys.stderr)
+    return results
+
+
+def _profiled_run(proc: subprocess.Popen[bytes], port: int, rounds: int, stats: Path) -> Any:
+    import pstats
+
+    stats.unlink(missing_ok=True)
+    proc.send_signal(signal.SIGUSR1)
+    time.sleep(0.2)
+    _echo(port, rounds)
+    proc.send_signal(signal.SIGUSR2)
+    deadline = time.monotonic() + 30
+    while not stats.exists() or not stats.stat().st_size:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the server wrote no call counts (is sitecustomize imported?)")
+        time.sleep(0.1)
+    time.sleep(0.2)
+    return pstats.Stats(str(stats)).stats  # type: ignore[attr-defined]
+
+
+def calls_per_round_trip(key: str, log: Path) -> dict[str, tuple[float, float]]:
+    """Function -> (calls, µs of profiled time) per round trip of variant ``key``."""
+    variant = BY_KEY[key]
+    port = free_port()
+    if variant.config:
+        variant.config_path().write_text(variant.config)
+    with tempfile.TemporaryDirectory(prefix="bench-calls-") as scratch:
+        stats = Path(scratch) / "calls.prof"
+        env = (*variant.env, ("BENCH_CALLS_FILE", str(stats)))
+        with spawn(key, variant.command(port), port, log, env) as proc:
+            _echo(port, SHORT)
+            short = _profiled_run(proc, port, SHORT, stats)
+            long = _profiled_run(proc, port, LONG, stats)
+    extra = CONNS * (LONG - SHORT)
+    result = {}
+    for func, (_cc, calls, tottime, _ct, _callers) in long.items():
+        before = short.get(func, (0, 0, 0.0, 0.0, None))
+        name = f"{Path(func[0]).name}:{func[1]}({func[2]})"
+        result[name] = ((calls - before[1]) / extra, (tottime - before[2]) / extra * 1e6)
+    return result
+
+
+def print_calls(keys: list[str], log: Path) -> None:
+    counts = {key: calls_per_round_trip(key, log) for key in keys}
+    names = sorted(
+        {n for c in counts.values() for n, (calls, _) in c.items() if abs(calls) >= 0.05},
+        key=lambda n: -max(abs(c.get(n, (0, 0))[0]) for c in counts.values()),
+    )
+    print(f"\nPython calls per echo round trip ({CONNS} connections, {LONG} - {SHORT} each)\n")
+    print("| function | " + " | ".join(keys) + " |")
+    print("| --- |" + " --- |" * len(keys))
+    for name in names:
+        cells = [f"{counts[k].get(name, (0, 0))[0]:.2f}" for k in keys]
+        print(f"| {name} | " + " | ".join(cells) + " |")
+    totals = [sum(calls for calls, _ in counts[k].values()) for k in keys]
+    print("| **all** | " + " | ".join(f"{t:.1f}" for t in totals) + " |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("variants", nargs="+", help="variant keys of bench_e2e.py")
+    parser.add_argument("--repeat", type=int, default=2, help="measurements per variant")
+    parser.add_argument(
+        "--calls", action="store_true", help="count Python calls per round trip instead"
+    )
+    args = parser.parse_args()
+    for tool in ("valgrind", "callgrind_control", "node", "taskset"):
+        if shutil.which(tool) is None:
+            parser.error(f"{tool} is not installed")
+    unknown = [k for k in args.variants if k not in BY_KEY]
+    if unknown:
+        parser.error(f"unknown variants {unknown}; known: {', '.join(BY_KEY)}")
+    log = Path(tempfile.gettempdir()) / "bench_instructions.log"
+    if args.calls:
+        print_calls(args.variants, log)
+        return
+    started = time.monotonic()
+    rows = []
+    for key in args.variants:
+        counts = per_round_trip(key, args.repeat, log)
+        rows.append((key, counts))
+        print(f"{key}: {', '.join(f'{c:,.0f}' for c in counts)}", file=sys.stderr)
+    base = statistics.median(rows[0][1])
+    print(
+        f"\nInstructions per echo round trip (server, user space; {CONNS} connections, "
+        f"{LONG} - {SHORT} round trips each; {time.monotonic() - started:.0f} s)\n"
+    )
+    print(f"| variant | instructions, median (min-max) | ÷ {rows[0][0]} |")
+    print("| --- | --- | --- |")
+    for key, counts in rows:
+        median = statistics.median(counts)
+        print(
+            f"| {BY_KEY[key].label} | {median:,.0f} ({min(counts):,.0f}-{max(counts):,.0f}) "
+            f"| {median / base:.3f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
