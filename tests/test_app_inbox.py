@@ -163,3 +163,52 @@ async def test_hypercorn_s_own_queue_is_not_kept_beside_the_inbox(anyio_backend:
         assert sorted(m["text"] for m in received) == ["0", "1", "2", "3", "4"]
         assert _hypercorn_queues() == before  # five applications running, no queue kept
         release.set()
+
+
+async def test_message_waiting_says_whether_get_would_return_at_once(anyio_backend: Any) -> None:
+    inbox = AppInbox(2)
+    assert not inbox.message_waiting()
+    await inbox.put(frame(0))
+    assert inbox.message_waiting()
+    await inbox.get()
+    assert not inbox.message_waiting()
+    await inbox.put(DISCONNECT)
+    assert inbox.message_waiting()  # the disconnect, again and again
+
+
+async def test_interrupt_replaces_what_is_queued_and_wakes_the_reader(anyio_backend: Any) -> None:
+    inbox = AppInbox(1)
+    going_away = {"type": "websocket.disconnect", "code": 1001}
+    got: list[dict[str, Any]] = []
+    async with anyio.create_task_group() as group:
+
+        async def read() -> None:
+            got.append(await inbox.get())
+
+        group.start_soon(read)
+        await anyio.wait_all_tasks_blocked()
+        assert inbox.interrupt(going_away)
+    assert got == [going_away]
+    # A put waiting for room gives up; later client messages are dropped.
+    await inbox.put(frame(1))
+    assert await inbox.get() == going_away
+
+
+async def test_interrupt_drops_queued_messages_and_a_waiting_put(anyio_backend: Any) -> None:
+    inbox = AppInbox(1)
+    await inbox.put(frame(0))
+    going_away = {"type": "websocket.disconnect", "code": 1001}
+    async with anyio.create_task_group() as group:
+        group.start_soon(inbox.put, frame(1))  # waits: no room
+        await anyio.wait_all_tasks_blocked()
+        assert inbox.interrupt(going_away)
+    assert await inbox.get() == going_away
+
+
+async def test_interrupt_after_the_clients_disconnect_changes_nothing(anyio_backend: Any) -> None:
+    inbox = AppInbox(2)
+    await inbox.put(frame(0))
+    await inbox.put(DISCONNECT)
+    assert not inbox.interrupt({"type": "websocket.disconnect", "code": 1001})
+    assert (await inbox.get())["text"] == "0"
+    assert await inbox.get() == DISCONNECT

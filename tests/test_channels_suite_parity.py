@@ -27,6 +27,7 @@ from django.urls import path
 
 from channels_runtime.asgi import Message, Receive, Scope, Send
 from channels_runtime.auth import AuthMiddleware, AuthMiddlewareStack
+from channels_runtime.compat.hypercorn_fixes.app_inbox import AppInbox
 from channels_runtime.consumer import AsyncConsumer
 from channels_runtime.exceptions import (
     ClientInputRefused,
@@ -786,6 +787,46 @@ async def test_a_task_woken_by_a_handler_runs_before_the_next_queued_message(
             receive = queued({"type": "test.wake"}, {"type": "test.look"})
             with anyio.fail_after(5):
                 await consumer({"type": "test"}, receive, never_send)
+        assert seen == [["woken task"]]
+
+
+@pytest.mark.parametrize("with_layer", [False, True], ids=["client-only", "client-and-layer"])
+@pytest.mark.parametrize("arrives", ["queued", "while-woken-task-is-pending"])
+async def test_through_a_server_inbox_a_woken_task_still_runs_first(
+    with_layer: bool, arrives: str
+) -> None:
+    """With the server's AppInbox as the source, the consumer yields only when
+    the next message is already there (``message_waiting()``); otherwise its
+    wait for the next message is the yield. Either way the woken task runs
+    before the next message is handled."""
+    for _ in range(20):
+        woken = anyio.Event()
+        ran: list[str] = []
+        seen: list[list[str]] = []
+        inbox = AppInbox(10)
+
+        async def woken_task(woken: anyio.Event = woken, ran: list[str] = ran) -> None:
+            await woken.wait()
+            ran.append("woken task")
+
+        async def late_sender(woken: anyio.Event = woken, inbox: AppInbox = inbox) -> None:
+            # Woken by the same handler as woken_task: the message lands while
+            # that task has not run yet (on trio, in the same batch, in any order).
+            await woken.wait()
+            await inbox.put({"type": "test.look"})
+
+        consumer = Waker(woken, ran, seen)
+        consumer.channel_layer_alias = "default" if with_layer else None  # type: ignore[misc]
+        await inbox.put({"type": "test.wake"})
+        if arrives == "queued":
+            await inbox.put({"type": "test.look"})
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(woken_task)
+            if arrives != "queued":
+                tg.start_soon(late_sender)
+            await anyio.wait_all_tasks_blocked()
+            with anyio.fail_after(5):
+                await consumer({"type": "test"}, inbox.get, never_send)
         assert seen == [["woken task"]]
 
 

@@ -15,6 +15,7 @@ import anyio
 import anyio.lowlevel
 import pytest
 
+from channels_runtime.compat.hypercorn_fixes.app_inbox import AppInbox
 from channels_runtime.compat.interrupt import Interrupted, InterruptibleWait
 from channels_runtime.server.shutdown import GOING_AWAY, GracefulShutdown
 
@@ -232,3 +233,73 @@ async def test_going_away_interrupts_a_waiting_receive(anyio_backend: Any) -> No
     going_away = {"type": "websocket.disconnect", "code": GOING_AWAY}
     assert received == [{"type": "websocket.connect"}, going_away, going_away]
     assert sent == [{"type": "websocket.accept"}, {"type": "websocket.close", "code": GOING_AWAY}]
+
+
+async def test_going_away_ends_an_inbox_receive_that_the_app_reads_unwrapped(
+    anyio_backend: Any,
+) -> None:
+    """Under ``serve`` the server's receive is an AppInbox's get: the application
+    gets it as it is (nothing of the guard on each message), and going away
+    ends it through the inbox."""
+    sent: list[dict[str, Any]] = []
+    received: list[dict[str, Any]] = []
+    inbox = AppInbox(10)
+    await inbox.put({"type": "websocket.connect"})
+    handed: list[Any] = []
+
+    async def server_send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        handed.append(receive)
+        received.append(await receive())
+        await send({"type": "websocket.accept"})
+        received.append(await receive())
+        await anyio.sleep(0.01)
+        received.append(await receive())
+
+    guard = GracefulShutdown(app)
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as group:
+            group.start_soon(guard, {"type": "websocket", "path": "/"}, inbox.get, server_send)
+            await anyio.wait_all_tasks_blocked()
+            assert guard.open_websockets == 1
+            assert await guard.close_websockets(5.0) == 0
+    assert handed == [inbox.get]
+    going_away = {"type": "websocket.disconnect", "code": GOING_AWAY}
+    assert received == [{"type": "websocket.connect"}, going_away, going_away]
+    assert sent == [{"type": "websocket.accept"}, {"type": "websocket.close", "code": GOING_AWAY}]
+
+
+async def test_going_away_after_the_client_left_sends_no_close_frame(anyio_backend: Any) -> None:
+    sent: list[dict[str, Any]] = []
+    received: list[dict[str, Any]] = []
+    inbox = AppInbox(10)
+    await inbox.put({"type": "websocket.connect"})
+    release = anyio.Event()
+
+    async def server_send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        received.append(await receive())
+        await send({"type": "websocket.accept"})
+        await release.wait()  # busy while the client goes and the server stops
+        received.append(await receive())
+
+    guard = GracefulShutdown(app)
+    client_gone = {"type": "websocket.disconnect", "code": 1006}
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as group:
+            group.start_soon(guard, {"type": "websocket", "path": "/"}, inbox.get, server_send)
+            await anyio.wait_all_tasks_blocked()
+            await inbox.put(client_gone)
+
+            async def close() -> None:
+                assert await guard.close_websockets(5.0) == 0
+
+            group.start_soon(close)
+            await anyio.wait_all_tasks_blocked()
+            release.set()
+    assert received == [{"type": "websocket.connect"}, client_gone]
+    assert sent == [{"type": "websocket.accept"}]

@@ -31,6 +31,7 @@ import logging
 import anyio
 
 from ..asgi import ASGIApp, Message, Receive, Scope, Send
+from ..compat.hypercorn_fixes.app_inbox import AppInbox
 from ..compat.interrupt import Interrupted, InterruptibleWait
 
 __all__ = ["GOING_AWAY", "GracefulShutdown"]
@@ -46,15 +47,20 @@ class _WebSocket:
 
     This sits on every message's path, so it avoids anyio's per-call
     primitives (measured at 11 µs per echo round trip on asyncio, more on
-    trio): a receive is an :class:`InterruptibleWait`, which costs one
-    task lookup unless it is interrupted, and sends are counted instead of
-    locked, because the only thing that must not overtake an application's
-    frame is the close frame :meth:`go_away` sends once.
+    trio). Under ``serve`` the server's ``receive`` is the ``get`` of the
+    connection's :class:`~channels_runtime.compat.hypercorn_fixes.app_inbox.AppInbox`,
+    which :meth:`go_away` can end directly, so the application reads it
+    unwrapped (:attr:`app_receive`) and a message costs nothing here. Any
+    other ``receive`` is wrapped in an :class:`InterruptibleWait`: one task
+    lookup per message on asyncio, a trio cancel scope on trio. Sends are
+    counted instead of locked, because the only thing that must not overtake
+    an application's frame is the close frame :meth:`go_away` sends once.
     """
 
     __slots__ = (
         "_drained",
         "_in_flight",
+        "_inbox",
         "_receive",
         "_send",
         "_wait",
@@ -68,7 +74,9 @@ class _WebSocket:
     def __init__(self, receive: Receive, send: Send) -> None:
         self._receive = receive
         self._send = send
-        self._wait = InterruptibleWait()
+        inbox = getattr(receive, "__self__", None)
+        self._inbox = inbox if isinstance(inbox, AppInbox) else None
+        self._wait = InterruptibleWait() if self._inbox is None else None
         self._in_flight = 0  # application sends handed to the server, not yet returned
         self._drained: anyio.Event | None = None  # made by go_away() if it must wait for them
         self.accepted = False
@@ -77,9 +85,15 @@ class _WebSocket:
         self.disconnected = False
         self.going_away = False
 
+    @property
+    def app_receive(self) -> Receive:
+        """The ``receive`` to give the application: the server's own if it is an inbox."""
+        return self._receive if self._inbox is not None else self.receive
+
     async def receive(self) -> Message:
         if self.going_away:
             return {"type": "websocket.disconnect", "code": GOING_AWAY}
+        assert self._wait is not None  # receive() wraps only a receive that is not an inbox
         try:
             message = await self._wait.wait(self._receive)
         except Interrupted:
@@ -116,7 +130,13 @@ class _WebSocket:
         if self.going_away:
             return
         self.going_away = True
-        self._wait.interrupt()
+        if self._inbox is not None:
+            final: Message = {"type": "websocket.disconnect", "code": GOING_AWAY}
+            if not self._inbox.interrupt(final):
+                self.disconnected = True  # the client's own disconnect came first
+        else:
+            assert self._wait is not None
+            self._wait.interrupt()
         if self.disconnected:
             return
         if self._in_flight:
@@ -161,15 +181,15 @@ class GracefulShutdown:
         return len(self._open)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # The WebSocket case inline, not in a method of its own: each message
+        # resumes every frame of the connection's chain of awaits.
         scope_type = scope["type"]
-        if scope_type == "websocket":
-            await self._websocket(scope, receive, send)
-        elif scope_type == "lifespan":
+        if scope_type == "lifespan":
             await self._lifespan(scope, receive, send)
-        else:
+            return
+        if scope_type != "websocket":
             await self.app(scope, receive, send)
-
-    async def _websocket(self, scope: Scope, receive: Receive, send: Send) -> None:
+            return
         if self._shutting_down:
             # Accepted by the socket just before it stopped listening: refuse the
             # handshake rather than start an application that must end at once.
@@ -180,7 +200,7 @@ class GracefulShutdown:
         connection = _WebSocket(receive, send)
         self._open.add(connection)
         try:
-            await self.app(scope, connection.receive, connection.send)
+            await self.app(scope, connection.app_receive, connection.send)
         finally:
             self._open.discard(connection)
             if not self._open and self._all_closed is not None:

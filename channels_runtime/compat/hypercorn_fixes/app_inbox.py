@@ -75,6 +75,32 @@ class AppInbox:
         """Whether the disconnect has been put (it may not have been read yet)."""
         return self._final is not None
 
+    def message_waiting(self) -> bool:
+        """Whether :meth:`get` would return at once (a message or the disconnect waits).
+
+        The dispatch loop asks this after each handled message: when the next
+        ``get`` will wait anyway, the loop need not yield to the tasks the
+        handler woke (:mod:`channels_runtime.dispatch`).
+        """
+        return bool(self._items) or self._final is not None
+
+    def interrupt(self, final: dict[str, Any]) -> bool:
+        """End the application's reading now: ``final`` replaces what is queued.
+
+        For the server's graceful shutdown, which tells each WebSocket
+        application that the server is going away (code 1001) without a cancel
+        scope around every ``receive()``. Messages still queued are dropped, as
+        the application is told the connection is over. Returns False, doing
+        nothing, if the client's own disconnect had already been put.
+        """
+        if self._final is not None:
+            return False
+        self._items.clear()
+        self._final = final
+        self._wake_getter()
+        self._wake_putters()
+        return True
+
     def _wake_getter(self) -> None:
         getter = self._getter
         if getter is not None:
@@ -149,10 +175,13 @@ def _patch(task_group_class: Any) -> None:
     ) -> Callable[[dict[str, Any]], Awaitable[None]]:
         inbox = AppInbox(config.max_app_queue_size)
 
-        async def app_reading_inbox(
+        # A plain function that returns the application's coroutine, not a
+        # coroutine of its own: every resumption of the connection's task walks
+        # the chain of awaiting frames, so a wrapper frame would cost each message.
+        def app_reading_inbox(
             scope: Any, receive: Any, send: Any, sync_spawn: Any, call_soon: Any
-        ) -> None:
-            await app(scope, inbox.get, send, sync_spawn, call_soon)
+        ) -> Awaitable[None]:
+            return app(scope, inbox.get, send, sync_spawn, call_soon)
 
         await original(self, app_reading_inbox, config, scope, send)
         return inbox.put
@@ -177,9 +206,11 @@ def _drop_unused_queue(module: Any) -> None:
     if getattr(original, "_channels_runtime_inbox", False):
         return
 
-    async def _handle(app: Any, config: Any, scope: Any, receive: Any, *rest: Any) -> None:
+    # Returns Hypercorn's coroutine rather than awaiting it: no frame of its own
+    # in the connection's chain of awaits (see app_reading_inbox above).
+    def _handle(app: Any, config: Any, scope: Any, receive: Any, *rest: Any) -> Awaitable[None]:
         del receive
-        await original(app, config, scope, _replaced_receive, *rest)
+        return original(app, config, scope, _replaced_receive, *rest)
 
     _handle._channels_runtime_inbox = True  # type: ignore[attr-defined]
     _handle.__wrapped__ = original  # type: ignore[attr-defined]

@@ -276,25 +276,16 @@ def _patch_asyncio(server_class: Any) -> None:
             if timer is not None:
                 timer.cancel()
 
-    contained = _contained(original_run, _abort_asyncio)
-
-    async def run(self: Any) -> None:
-        try:
-            await contained(self)
-        except asyncio.CancelledError:
-            # The connection task belongs to asyncio's start_server(), which awaits
-            # nobody's result: on Python 3.11 its done-callback calls
-            # task.exception() on a cancelled task and logs the CancelledError
-            # with a traceback ("Exception in callback StreamReaderProtocol...")
-            # for every connection cancelled at shutdown (3.12 checks first).
-            # The connection is closed by now; ending the task quietly loses nothing.
-            return
-
-    run.__wrapped__ = original_run  # type: ignore[attr-defined]
     server_class.protocol_send = protocol_send
     server_class._close = close
     server_class._read_data = _release_on_eof(server_class._read_data)
-    server_class.run = run
+    # The connection task belongs to asyncio's start_server(), which awaits
+    # nobody's result: on Python 3.11 its done-callback calls task.exception()
+    # on a cancelled task and logs the CancelledError with a traceback
+    # ("Exception in callback StreamReaderProtocol...") for every connection
+    # cancelled at shutdown (3.12 checks first). The connection is closed by
+    # then; ending the task quietly loses nothing.
+    server_class.run = _contained(original_run, _abort_asyncio, quiet=asyncio.CancelledError)
     server_class._channels_runtime_fixed = True
 
 
@@ -359,9 +350,16 @@ def _patch_trio(server_class: Any) -> None:
 
 
 def _contained(
-    run: Callable[[Any], Coroutine[Any, Any, None]], abort: Callable[[Any], None]
+    run: Callable[[Any], Coroutine[Any, Any, None]],
+    abort: Callable[[Any], None],
+    quiet: type[BaseException] | tuple[()] = (),
 ) -> Callable[[Any], Coroutine[Any, Any, None]]:
-    """``TCPServer.run`` registered for :func:`abort_all`, with its errors kept to itself."""
+    """``TCPServer.run`` registered for :func:`abort_all`, with its errors kept to itself.
+
+    ``quiet``: an exception that ends the connection's task silently instead of
+    propagating. One wrapper, not two: each frame around ``run`` is resumed
+    with every read from the client.
+    """
 
     async def contained_run(self: Any) -> None:
         self._channels_runtime_abort = abort
@@ -369,21 +367,24 @@ def _contained(
         self._channels_runtime_peer = _peer(self)
         _open.add(self)
         try:
-            await run(self)
-        except* Exception as group:
-            errors = group.exceptions
-            logger.warning(
-                "Connection from %s ended by an error in the server: %s",
-                _peer(self),
-                "; ".join(f"{type(error).__name__}: {error}" for error in errors),
-            )
-            try:
-                abort(self)
-            except OSError:
-                pass
-        finally:
-            _open.discard(self)
-            _closed_one(self.config)
+            try:  # nested: one function cannot have both except* and except
+                await run(self)
+            except* Exception as group:
+                errors = group.exceptions
+                logger.warning(
+                    "Connection from %s ended by an error in the server: %s",
+                    _peer(self),
+                    "; ".join(f"{type(error).__name__}: {error}" for error in errors),
+                )
+                try:
+                    abort(self)
+                except OSError:
+                    pass
+            finally:
+                _open.discard(self)
+                _closed_one(self.config)
+        except quiet:
+            return
 
     contained_run.__wrapped__ = run  # type: ignore[attr-defined]
     return contained_run
