@@ -19,7 +19,7 @@ from .compat.asyncio_on_trio import raise_if_asyncio_on_trio
 from .compat.backend import ensure_bridge
 from .db import _open_wrappers as _db_connections
 from .db import aclose_old_connections, close_pass_due, database_sync_to_async
-from .dispatch import dispatch_serially
+from .dispatch import ChannelSource, dispatch_serially
 from .exceptions import StopConsumer
 from .layers import get_channel_layer
 from .metrics import consumers as consumer_metrics
@@ -78,7 +78,13 @@ class AsyncConsumer:
         sources: list[Receive] = [receive]
         if self.channel_layer is not None:
             self.channel_name = await self.channel_layer.new_channel()
-            self.channel_receive = functools.partial(self.channel_layer.receive, self.channel_name)
+            if hasattr(self.channel_layer, "message_waiting"):
+                source = ChannelSource(self.channel_layer, self.channel_name)
+                self.channel_receive = source.receive
+            else:
+                self.channel_receive = functools.partial(
+                    self.channel_layer.receive, self.channel_name
+                )
             sources.append(self.channel_receive)
         self.base_send = send
         try:

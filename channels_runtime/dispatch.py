@@ -44,6 +44,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from time import perf_counter
+from typing import Any
 
 import anyio
 
@@ -57,6 +58,31 @@ Dispatch = Callable[[Message], Awaitable[None]]
 #: Told of each handled message: the message, ``perf_counter()`` when its
 #: handling started, and what it raised (None if nothing). For the metrics.
 Observe = Callable[[Message, float, BaseException | None], None]
+
+
+class ChannelSource:
+    """A consumer's channel as a message source that can tell whether a message waits.
+
+    Made for layers that answer ``message_waiting(channel)`` without a round
+    trip (the in-memory layer): :attr:`receive` is what the consumer reads
+    (its ``channel_receive``), and the dispatch loop finds
+    :meth:`message_waiting` through it, so a group message handled with
+    nothing else queued costs no extra yield (see the module docstring).
+    ``receive`` returns the layer's coroutine rather than awaiting it, so it
+    adds no frame to the consumer's chain of awaits.
+    """
+
+    __slots__ = ("channel", "layer")
+
+    def __init__(self, layer: Any, channel: str) -> None:
+        self.layer = layer
+        self.channel = channel
+
+    def receive(self) -> Awaitable[Message]:
+        return self.layer.receive(self.channel)
+
+    def message_waiting(self) -> bool:
+        return bool(self.layer.message_waiting(self.channel))
 
 
 def _waiting_probe(receive: Receive) -> Callable[[], bool] | None:

@@ -41,7 +41,7 @@ from channels_runtime.generic.websocket import (
     JsonWebsocketConsumer,
     WebsocketConsumer,
 )
-from channels_runtime.layers import InMemoryChannelLayer
+from channels_runtime.layers import InMemoryChannelLayer, get_channel_layer
 from channels_runtime.layers.base import BaseChannelLayer
 from channels_runtime.middleware import BaseMiddleware
 from channels_runtime.routing import (
@@ -827,6 +827,41 @@ async def test_through_a_server_inbox_a_woken_task_still_runs_first(
             await anyio.wait_all_tasks_blocked()
             with anyio.fail_after(5):
                 await consumer({"type": "test"}, inbox.get, never_send)
+        assert seen == [["woken task"]]
+
+
+@pytest.mark.parametrize("arrives", ["queued", "while-woken-task-is-pending"])
+async def test_through_the_in_memory_channel_a_woken_task_still_runs_first(arrives: str) -> None:
+    """The in-memory layer's channel is a ChannelSource: the consumer yields after
+    a group message only when another one waits, and the order still holds."""
+    for _ in range(20):
+        woken = anyio.Event()
+        ran: list[str] = []
+        seen: list[list[str]] = []
+        layer = get_channel_layer()
+        consumer = Waker(woken, ran, seen)
+        consumer.channel_layer_alias = "default"  # type: ignore[misc]
+
+        async def woken_task(woken: anyio.Event = woken, ran: list[str] = ran) -> None:
+            await woken.wait()
+            ran.append("woken task")
+
+        async def late_sender(
+            woken: anyio.Event = woken, consumer: Waker = consumer, layer: Any = layer
+        ) -> None:
+            await woken.wait()
+            await layer.send(consumer.channel_name, {"type": "test.look"})
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(woken_task)
+            if arrives != "queued":
+                tg.start_soon(late_sender)
+            tg.start_soon(consumer, {"type": "test"}, queued(), never_send)
+            with anyio.fail_after(5):
+                await anyio.wait_all_tasks_blocked()  # the consumer waits on its channel
+                await layer.send(consumer.channel_name, {"type": "test.wake"})
+                if arrives == "queued":
+                    await layer.send(consumer.channel_name, {"type": "test.look"})
         assert seen == [["woken task"]]
 
 

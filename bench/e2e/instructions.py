@@ -109,6 +109,21 @@ def under_callgrind(key: str, out_dir: Path, log: Path) -> Iterator[tuple[int, i
         runner.STARTUP_TIMEOUT = saved
 
 
+#: ``--case bcast``: members of the group, and broadcasts of the two runs.
+BCAST_CLIENTS = 500
+BCAST_SHORT, BCAST_LONG = 5, 25
+
+
+def _bcast(port: int, repeats: int) -> None:
+    options = {
+        "url": f"ws://{HOST}:{port}/bcast",
+        "trigger": f"ws://{HOST}:{port}/trigger",
+        "clients": BCAST_CLIENTS,
+        "repeats": repeats,
+    }
+    loadgen("bcast", options, None, 600)
+
+
 def _echo(port: int, rounds: int) -> None:
     loadgen(
         "echo", {"url": f"ws://{HOST}:{port}/echo", "conns": CONNS, "rounds": rounds}, None, 600
@@ -153,13 +168,15 @@ def per_round_trip(key: str, repeat: int, log: Path) -> list[float]:
     return results
 
 
-def _profiled_run(proc: subprocess.Popen[bytes], port: int, rounds: int, stats: Path) -> Any:
+def _profiled_run(
+    proc: subprocess.Popen[bytes], load: Any, port: int, rounds: int, stats: Path
+) -> Any:
     import pstats
 
     stats.unlink(missing_ok=True)
     proc.send_signal(signal.SIGUSR1)
     time.sleep(0.2)
-    _echo(port, rounds)
+    load(port, rounds)
     proc.send_signal(signal.SIGUSR2)
     deadline = time.monotonic() + 30
     while not stats.exists() or not stats.stat().st_size:
@@ -170,8 +187,14 @@ def _profiled_run(proc: subprocess.Popen[bytes], port: int, rounds: int, stats: 
     return pstats.Stats(str(stats)).stats  # type: ignore[attr-defined]
 
 
-def calls_per_round_trip(key: str, log: Path) -> dict[str, tuple[float, float]]:
-    """Function -> (calls, µs of profiled time) per round trip of variant ``key``."""
+def calls_per_round_trip(key: str, log: Path, case: str) -> dict[str, tuple[float, float]]:
+    """Function -> (calls, µs of profiled time) per round trip (per broadcast
+    member for ``case="bcast"``) of variant ``key``."""
+    load, short_n, long_n, unit = (
+        (_echo, SHORT, LONG, CONNS)
+        if case == "echo"
+        else (_bcast, BCAST_SHORT, BCAST_LONG, BCAST_CLIENTS)
+    )
     variant = BY_KEY[key]
     port = free_port()
     if variant.config:
@@ -180,10 +203,10 @@ def calls_per_round_trip(key: str, log: Path) -> dict[str, tuple[float, float]]:
         stats = Path(scratch) / "calls.prof"
         env = (*variant.env, ("BENCH_CALLS_FILE", str(stats)))
         with spawn(key, variant.command(port), port, log, env) as proc:
-            _echo(port, SHORT)
-            short = _profiled_run(proc, port, SHORT, stats)
-            long = _profiled_run(proc, port, LONG, stats)
-    extra = CONNS * (LONG - SHORT)
+            load(port, short_n)
+            short = _profiled_run(proc, load, port, short_n, stats)
+            long = _profiled_run(proc, load, port, long_n, stats)
+    extra = unit * (long_n - short_n)
     result = {}
     for func, (_cc, calls, tottime, _ct, _callers) in long.items():
         before = short.get(func, (0, 0, 0.0, 0.0, None))
@@ -192,13 +215,19 @@ def calls_per_round_trip(key: str, log: Path) -> dict[str, tuple[float, float]]:
     return result
 
 
-def print_calls(keys: list[str], log: Path) -> None:
-    counts = {key: calls_per_round_trip(key, log) for key in keys}
+def print_calls(keys: list[str], log: Path, case: str) -> None:
+    counts = {key: calls_per_round_trip(key, log, case) for key in keys}
     names = sorted(
         {n for c in counts.values() for n, (calls, _) in c.items() if abs(calls) >= 0.05},
         key=lambda n: -max(abs(c.get(n, (0, 0))[0]) for c in counts.values()),
     )
-    print(f"\nPython calls per echo round trip ({CONNS} connections, {LONG} - {SHORT} each)\n")
+    if case == "echo":
+        print(f"\nPython calls per echo round trip ({CONNS} connections, {LONG} - {SHORT} each)\n")
+    else:
+        print(
+            f"\nPython calls per broadcast member ({BCAST_CLIENTS} members, "
+            f"{BCAST_LONG} - {BCAST_SHORT} broadcasts)\n"
+        )
     print("| function | " + " | ".join(keys) + " |")
     print("| --- |" + " --- |" * len(keys))
     for name in names:
@@ -215,6 +244,12 @@ def main() -> None:
     parser.add_argument(
         "--calls", action="store_true", help="count Python calls per round trip instead"
     )
+    parser.add_argument(
+        "--case",
+        choices=("echo", "bcast"),
+        default="echo",
+        help="with --calls: echo, or bcast (calls per member of a 500-member broadcast)",
+    )
     args = parser.parse_args()
     for tool in ("valgrind", "callgrind_control", "node", "taskset"):
         if shutil.which(tool) is None:
@@ -224,7 +259,7 @@ def main() -> None:
         parser.error(f"unknown variants {unknown}; known: {', '.join(BY_KEY)}")
     log = Path(tempfile.gettempdir()) / "bench_instructions.log"
     if args.calls:
-        print_calls(args.variants, log)
+        print_calls(args.variants, log, args.case)
         return
     started = time.monotonic()
     rows = []

@@ -696,6 +696,13 @@ class InMemoryChannelLayer(BaseChannelLayer):
             metrics.layers.received(self)
         return message
 
+    def message_waiting(self, channel: str) -> bool:
+        """Whether ``channel`` holds a message (perhaps an expired one), so that
+        :meth:`receive` would return without waiting. For the dispatch loop
+        (:class:`~channels_runtime.dispatch.ChannelSource`)."""
+        ch = self._channels.get(channel)
+        return ch is not None and ch.head < len(ch.items)
+
     def metrics_state(self) -> dict[str, float]:
         """Messages queued (expired ones not swept yet included) and groups, for the metrics."""
         queued = sum((len(ch.items) - ch.head) >> 1 for ch in list(self._channels.values()))
