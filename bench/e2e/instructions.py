@@ -4,6 +4,8 @@ Run from the repository root, e.g.::
 
     python bench/e2e/instructions.py raw-asyncio ours-asyncio serve-asyncio
     python bench/e2e/instructions.py serve-asyncio serve-asyncio-metrics --repeat 3
+    python bench/e2e/instructions.py --case bcast raw-asyncio serve-asyncio
+    python bench/e2e/instructions.py --calls raw-asyncio ours-asyncio
 
 Why: on a shared two-CPU machine, round trips per second and even CPU seconds
 per round trip move by several percent from run to run, which hides costs of
@@ -112,9 +114,14 @@ def under_callgrind(key: str, out_dir: Path, log: Path) -> Iterator[tuple[int, i
 #: ``--case bcast``: members of the group, and broadcasts of the two runs.
 BCAST_CLIENTS = 500
 BCAST_SHORT, BCAST_LONG = 5, 25
+#: Seconds after a broadcast run for the server to close its 500 connections.
+BCAST_SETTLE = 10.0
 
 
 def _bcast(port: int, repeats: int) -> None:
+    """Broadcast ``repeats`` times to a fresh group, then let the server finish
+    closing the members' connections (seconds under valgrind), so that the
+    closes fall inside the measured run every time, not only sometimes."""
     options = {
         "url": f"ws://{HOST}:{port}/bcast",
         "trigger": f"ws://{HOST}:{port}/trigger",
@@ -122,6 +129,7 @@ def _bcast(port: int, repeats: int) -> None:
         "repeats": repeats,
     }
     loadgen("bcast", options, None, 600)
+    time.sleep(BCAST_SETTLE)
 
 
 def _echo(port: int, rounds: int) -> None:
@@ -130,15 +138,15 @@ def _echo(port: int, rounds: int) -> None:
     )
 
 
-def _measured_run(pid: int, port: int, rounds: int, out_dir: Path) -> tuple[int, float]:
-    """Instructions and seconds of one echo run of ``rounds`` round trips per
-    connection (``rounds=0``: of :data:`IDLE_SECONDS` without load)."""
+def _measured_run(pid: int, port: int, load: Any, rounds: int, out_dir: Path) -> tuple[int, float]:
+    """Instructions and seconds of one run of ``load`` (``rounds`` round trips
+    per connection, or broadcasts; ``rounds=0``: :data:`IDLE_SECONDS` without load)."""
     for old in out_dir.glob("callgrind.out.*"):
         old.unlink()
     _control(pid, "--zero")
     started = time.monotonic()
     if rounds:
-        _echo(port, rounds)
+        load(port, rounds)
     else:
         time.sleep(IDLE_SECONDS)
     _control(pid, "--dump")
@@ -149,21 +157,29 @@ def _measured_run(pid: int, port: int, rounds: int, out_dir: Path) -> tuple[int,
     return _totals(dumps[-1]), seconds
 
 
-def per_round_trip(key: str, repeat: int, log: Path) -> list[float]:
-    """Instructions per round trip of variant ``key``, once per repeat."""
+def _load_for(case: str) -> tuple[Any, int, int, int]:
+    """(load function, short and long run sizes, connections) for ``case``."""
+    if case == "echo":
+        return _echo, SHORT, LONG, CONNS
+    return _bcast, BCAST_SHORT, BCAST_LONG, BCAST_CLIENTS
+
+
+def per_round_trip(key: str, repeat: int, log: Path, case: str = "echo") -> list[float]:
+    """Instructions per round trip (per member of a broadcast) of ``key``, once per repeat."""
+    load, short_n, long_n, unit = _load_for(case)
     results = []
     with tempfile.TemporaryDirectory(prefix="bench-instr-") as scratch:
         out_dir = Path(scratch)
         with under_callgrind(key, out_dir, log) as (pid, port):
             _control(pid, "--instr=on")
-            _echo(port, SHORT)  # warm up: imports, caches, first connection
-            idle, idle_seconds = _measured_run(pid, port, 0, out_dir)
+            load(port, short_n)  # warm up: imports, caches, first connections
+            idle, idle_seconds = _measured_run(pid, port, load, 0, out_dir)
             per_second = idle / idle_seconds
             for _ in range(repeat):
-                short, short_seconds = _measured_run(pid, port, SHORT, out_dir)
-                long, long_seconds = _measured_run(pid, port, LONG, out_dir)
+                short, short_seconds = _measured_run(pid, port, load, short_n, out_dir)
+                long, long_seconds = _measured_run(pid, port, load, long_n, out_dir)
                 background = per_second * (long_seconds - short_seconds)
-                results.append((long - short - background) / (CONNS * (LONG - SHORT)))
+                results.append((long - short - background) / (unit * (long_n - short_n)))
     print(f"{key}: {per_second:,.0f} instructions per second while idle", file=sys.stderr)
     return results
 
@@ -190,11 +206,7 @@ def _profiled_run(
 def calls_per_round_trip(key: str, log: Path, case: str) -> dict[str, tuple[float, float]]:
     """Function -> (calls, µs of profiled time) per round trip (per broadcast
     member for ``case="bcast"``) of variant ``key``."""
-    load, short_n, long_n, unit = (
-        (_echo, SHORT, LONG, CONNS)
-        if case == "echo"
-        else (_bcast, BCAST_SHORT, BCAST_LONG, BCAST_CLIENTS)
-    )
+    load, short_n, long_n, unit = _load_for(case)
     variant = BY_KEY[key]
     port = free_port()
     if variant.config:
@@ -248,7 +260,7 @@ def main() -> None:
         "--case",
         choices=("echo", "bcast"),
         default="echo",
-        help="with --calls: echo, or bcast (calls per member of a 500-member broadcast)",
+        help="echo, or bcast (per member of a 500-member broadcast)",
     )
     args = parser.parse_args()
     for tool in ("valgrind", "callgrind_control", "node", "taskset"):
@@ -264,14 +276,21 @@ def main() -> None:
     started = time.monotonic()
     rows = []
     for key in args.variants:
-        counts = per_round_trip(key, args.repeat, log)
+        counts = per_round_trip(key, args.repeat, log, args.case)
         rows.append((key, counts))
         print(f"{key}: {', '.join(f'{c:,.0f}' for c in counts)}", file=sys.stderr)
     base = statistics.median(rows[0][1])
-    print(
-        f"\nInstructions per echo round trip (server, user space; {CONNS} connections, "
-        f"{LONG} - {SHORT} round trips each; {time.monotonic() - started:.0f} s)\n"
-    )
+    took = f"{time.monotonic() - started:.0f} s"
+    if args.case == "echo":
+        print(
+            f"\nInstructions per echo round trip (server, user space; {CONNS} connections, "
+            f"{LONG} - {SHORT} round trips each; {took})\n"
+        )
+    else:
+        print(
+            f"\nInstructions per member of a broadcast (server, user space; {BCAST_CLIENTS} "
+            f"members, {BCAST_LONG} - {BCAST_SHORT} broadcasts; {took})\n"
+        )
     print(f"| variant | instructions, median (min-max) | ÷ {rows[0][0]} |")
     print("| --- | --- | --- |")
     for key, counts in rows:
