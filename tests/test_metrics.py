@@ -409,6 +409,37 @@ def test_a_slow_client_does_not_hold_up_a_scrape() -> None:
 # -- channel layers --------------------------------------------------------------------
 
 
+class _StateCounting(InMemoryChannelLayer):
+    """Counts how often the metrics read its state."""
+
+    reads = 0
+
+    def metrics_state(self) -> dict[str, float]:
+        self.reads += 1
+        return super().metrics_state()
+
+
+@pytest.mark.anyio
+async def test_a_layers_state_is_read_once_per_snapshot(counting: None) -> None:
+    # metrics_state() walks every channel: with the four metrics that read it
+    # (buffered, groups, two Redis ones), a publish every half second walked them
+    # four times.
+    layer = _StateCounting()
+    layers.track(layer, "mem")
+    await layer.send("a", {"type": "m"})
+    await layer.group_add("g", "a")
+    first = core.snapshot()
+    assert layer.reads == 1
+    assert first["channels_runtime_layer_buffered_messages"] == [[["mem"], 1.0]]
+    assert first["channels_runtime_layer_groups"] == [[["mem"], 1.0]]
+    await layer.receive("a")
+    second = core.snapshot()
+    assert layer.reads == 2  # a new snapshot reads it again: no stale values
+    assert second["channels_runtime_layer_buffered_messages"] == [[["mem"], 0.0]]
+    assert value(layers.BUFFERED, "mem") == 0  # outside a snapshot: read afresh
+    assert layer.reads == 3
+
+
 @pytest.mark.anyio
 async def test_inmemory_layer_counts(counting: None) -> None:
     layer = InMemoryChannelLayer(capacity=1, expiry=0.2)

@@ -35,6 +35,7 @@ __all__ = [
     "clear_all",
     "on_clear",
     "snapshot",
+    "snapshot_number",
 ]
 
 #: The label values of one series, in the order of the metric's ``labels``.
@@ -203,9 +204,31 @@ def clear_all() -> None:
         hook()
 
 
+#: Snapshots taken so far, and the number of the one being taken (None between).
+_snapshots = 0
+_taking: int | None = None
+
+
+def snapshot_number() -> int | None:
+    """The number of the snapshot being taken, or None outside :func:`snapshot`.
+
+    Several metrics may read one costly source, such as a layer's
+    ``metrics_state()``, which walks every channel; keyed by this number it is
+    read once per snapshot, not once per metric. Outside a snapshot (a metric's
+    ``copy_values()`` called on its own) there is nothing to share.
+    """
+    return _taking
+
+
 def snapshot() -> Snapshot:
     """A copy of every metric's values (the hot path may go on updating the originals)."""
-    return {name: metric.copy_values() for name, metric in REGISTRY.items()}
+    global _snapshots, _taking
+    _snapshots += 1
+    _taking = _snapshots
+    try:
+        return {name: metric.copy_values() for name, metric in REGISTRY.items()}
+    finally:
+        _taking = None
 
 
 class BoundedLabel:

@@ -29,7 +29,7 @@ import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from .core import Counter, Gauge, Histogram, Key
+from .core import Counter, Gauge, Histogram, Key, snapshot_number
 
 __all__ = [
     "BUFFERED",
@@ -168,13 +168,36 @@ def reconnected(layer: Any, unavailable_for: float) -> None:
     UNAVAILABLE_SECONDS.inc(key, unavailable_for)
 
 
+#: (snapshot number, {id(layer): its metrics_state()}): read once per snapshot.
+_states: tuple[int | None, dict[int, dict[str, float]]] = (None, {})
+
+
+def _state(layer: Any) -> dict[str, float] | None:
+    """``layer.metrics_state()``, computed once per snapshot for all the metrics
+    that read it (the in-memory layer's walks every channel)."""
+    global _states
+    method = getattr(layer, "metrics_state", None)
+    if method is None:
+        return None
+    number = snapshot_number()
+    if number is None:
+        return method()
+    if _states[0] != number:
+        _states = (number, {})
+    states = _states[1]
+    found = states.get(id(layer))
+    if found is None:
+        found = states[id(layer)] = method()
+    return found
+
+
 def _state_of(name: str) -> Callable[[], Iterator[tuple[Key, float]]]:
     def collect() -> Iterator[tuple[Key, float]]:
         for layer in list(_layers):
-            state = getattr(layer, "metrics_state", None)
+            state = _state(layer)
             if state is None:
                 continue
-            value = state().get(name)
+            value = state.get(name)
             if value is not None:
                 yield _key(layer), float(value)
 
