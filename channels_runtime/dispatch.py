@@ -135,6 +135,65 @@ class Turn:
             self._busy = False
 
 
+class _Pumps(Turn):
+    """What one consumer's pumps share: the turn, the handler, the first failure.
+
+    A class, not a closure inside :func:`dispatch_serially`: the pumps live as
+    long as the connection, and a closure keeps a function and a cell for each
+    variable it shares (about 350 bytes per connection, against about 150 for
+    this object and the bound method handed to the companion).
+    """
+
+    __slots__ = ("dispatch", "failure", "observe", "yield_to_woken")
+
+    def __init__(
+        self,
+        dispatch: Dispatch,
+        observe: Observe | None,
+        yield_to_woken: Callable[[], Awaitable[Any]],
+    ) -> None:
+        super().__init__()
+        self.dispatch = dispatch
+        self.observe = observe
+        self.yield_to_woken = yield_to_woken
+        self.failure: Exception | None = None
+
+    async def pump(self, receive: Receive, cancel_scope: anyio.CancelScope) -> None:
+        """Receive from ``receive`` and handle each message in turn; on an
+        exception, keep the first and cancel ``cancel_scope`` (every pump)."""
+        dispatch, observe, yield_to_woken = self.dispatch, self.observe, self.yield_to_woken
+        waiting = _waiting_probe(receive)
+        try:
+            while True:
+                message = await receive()
+                # Turn.acquire() inlined: no coroutine when the turn is free.
+                if self._busy:
+                    await (wait_turn(self) if metrics.enabled else self.wait())
+                else:
+                    self._busy = True
+                try:
+                    if observe is None:
+                        await dispatch(message)
+                    else:
+                        started = perf_counter()
+                        try:
+                            await dispatch(message)
+                        except BaseException as exc:
+                            observe(message, started, exc)
+                            raise
+                        observe(message, started, None)
+                    # Yield with the turn still held, so the tasks the handler woke
+                    # run before another pump's message, not only this pump's next.
+                    if waiting is None or self._waiters or waiting():
+                        await yield_to_woken()
+                finally:
+                    self.release()
+        except Exception as exc:
+            if self.failure is None:
+                self.failure = exc
+            cancel_scope.cancel()
+
+
 async def dispatch_serially(
     sources: Sequence[Receive], dispatch: Dispatch, observe: Observe | None = None
 ) -> None:
@@ -170,49 +229,15 @@ async def dispatch_serially(
             if waiting is None or waiting():
                 await yield_to_woken()
 
-    turn = Turn()
-    failure: Exception | None = None
-
-    async def pump(receive: Receive, cancel_scope: anyio.CancelScope) -> None:
-        nonlocal failure
-        waiting = _waiting_probe(receive)
-        try:
-            while True:
-                message = await receive()
-                # Turn.acquire() inlined: no coroutine when the turn is free.
-                if turn._busy:
-                    await (wait_turn(turn) if metrics.enabled else turn.wait())
-                else:
-                    turn._busy = True
-                try:
-                    if observe is None:
-                        await dispatch(message)
-                    else:
-                        started = perf_counter()
-                        try:
-                            await dispatch(message)
-                        except BaseException as exc:
-                            observe(message, started, exc)
-                            raise
-                        observe(message, started, None)
-                    # Yield with the turn still held, so the tasks the handler woke
-                    # run before another pump's message, not only this pump's next.
-                    if waiting is None or turn._waiters or waiting():
-                        await yield_to_woken()
-                finally:
-                    turn.release()
-        except Exception as exc:
-            if failure is None:
-                failure = exc
-            cancel_scope.cancel()
-
+    pumps = _Pumps(dispatch, observe, yield_to_woken)
     if len(sources) == 2:  # the rule: the client and the consumer's channel
-        await run_with_companion(pump, sources[0], sources[1])
+        await run_with_companion(pumps.pump, sources[0], sources[1])
     else:
         async with anyio.create_task_group() as tg:
             for source in sources[1:]:
-                tg.start_soon(pump, source, tg.cancel_scope)
-            await pump(sources[0], tg.cancel_scope)
+                tg.start_soon(pumps.pump, source, tg.cancel_scope)
+            await pumps.pump(sources[0], tg.cancel_scope)
+    failure, pumps.failure = pumps.failure, None
     if failure is not None:
         try:
             raise failure

@@ -35,6 +35,7 @@ anyio's wrapper around them is saved there.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -70,12 +71,9 @@ async def run_with_companion(pump: Pump, main: Any, companion: Any) -> None:
         return
     scope = anyio.CancelScope()
     task: asyncio.Task[None] = loop.create_task(pump(companion, scope))
-
-    def companion_done(task: asyncio.Task[None]) -> None:
-        if not task.cancelled() and task.exception() is not None:
-            scope.cancel()  # end main, so the failure is reported at once
-
-    task.add_done_callback(companion_done)
+    # A partial, not a closure: it is kept for the whole connection, and a
+    # function with its cell costs about twice as much.
+    task.add_done_callback(functools.partial(_end_main_on_failure, scope))
     try:
         with scope:
             await pump(main, scope)
@@ -91,6 +89,12 @@ async def run_with_companion(pump: Pump, main: Any, companion: Any) -> None:
                 raise failure
             finally:
                 del failure  # no frame -> exception -> frame cycle
+
+
+def _end_main_on_failure(scope: anyio.CancelScope, task: asyncio.Task[None]) -> None:
+    """The companion ended: if by an exception, end main, so it is reported at once."""
+    if not task.cancelled() and task.exception() is not None:
+        scope.cancel()
 
 
 def _running_asyncio_loop() -> asyncio.AbstractEventLoop | None:

@@ -36,6 +36,7 @@ so an idle connection does not hold two queues.
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -165,6 +166,24 @@ async def _replaced_receive() -> dict[str, Any]:
     raise RuntimeError("Hypercorn's receive queue is replaced by AppInbox; this is never read")
 
 
+def _app_reading_inbox(
+    app: AppWrapper,
+    inbox: AppInbox,
+    scope: Any,
+    receive: Any,
+    send: Any,
+    sync_spawn: Any,
+    call_soon: Any,
+) -> Awaitable[None]:
+    """Hypercorn's application call, with the inbox's ``get`` as ``receive``.
+
+    Returns the application's coroutine rather than awaiting it: every
+    resumption of the connection's task walks its chain of awaiting frames,
+    so a wrapper frame would cost each message.
+    """
+    return app(scope, inbox.get, send, sync_spawn, call_soon)
+
+
 def _patch(task_group_class: Any) -> None:
     original = task_group_class.spawn_app
     if getattr(original, "_channels_runtime_inbox", False):
@@ -174,15 +193,8 @@ def _patch(task_group_class: Any) -> None:
         self: Any, app: AppWrapper, config: Any, scope: Any, send: Any
     ) -> Callable[[dict[str, Any]], Awaitable[None]]:
         inbox = AppInbox(config.max_app_queue_size)
-
-        # A plain function that returns the application's coroutine, not a
-        # coroutine of its own: every resumption of the connection's task walks
-        # the chain of awaiting frames, so a wrapper frame would cost each message.
-        def app_reading_inbox(
-            scope: Any, receive: Any, send: Any, sync_spawn: Any, call_soon: Any
-        ) -> Awaitable[None]:
-            return app(scope, inbox.get, send, sync_spawn, call_soon)
-
+        # A partial, not a closure: Hypercorn keeps it for the whole connection.
+        app_reading_inbox = functools.partial(_app_reading_inbox, app, inbox)
         await original(self, app_reading_inbox, config, scope, send)
         return inbox.put
 
