@@ -416,6 +416,13 @@ class URLRouter:
         return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # The routing happens in _enter(): this frame stays suspended for the
+        # whole connection, and everything local to it would be kept that long.
+        callback, inner_scope = self._enter(scope)
+        return await callback(inner_scope, receive, send)
+
+    def _enter(self, scope: Scope) -> tuple[ASGIApp, Scope]:
+        """The application of the route matching ``scope``, and the scope to call it with."""
         path: str | None
         if "path_remaining" in scope:
             path = scope["path_remaining"]
@@ -441,7 +448,7 @@ class URLRouter:
                 "kwargs": {**outer.get("kwargs", {}), **kwargs},
             },
         )
-        return await route.callback(inner_scope, receive, send)
+        return route.callback, inner_scope
 
     @staticmethod
     def _strip_root_path(path: str, root_path: str) -> str | None:
