@@ -274,7 +274,8 @@ async def test_a_hung_redis_fails_within_the_timeout(anyio_backend: Any, layer_c
             "latency_ms": report.body["checks"]["channel_layer:default"]["latency_ms"],
             "detail": "no answer within 0.3s (readiness_timeout)",
         }
-        assert 0.3 <= elapsed < 1.0, elapsed
+        # uvloop's clock counts whole milliseconds: its 0.3 s may end a hair early.
+        assert 0.29 <= elapsed < 1.0, elapsed
         await layer.close()
 
 
