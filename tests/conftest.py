@@ -140,12 +140,11 @@ def _process_state_unchanged(request: pytest.FixtureRequest) -> object:
         if k != "PYTEST_CURRENT_TEST" and environ.get(k) != os.environ.get(k)
     )
     changed_logs = [k for k, v in _logging_state().items() if logs[k] != v]
-    if changed_env:
-        for key in changed_env:
-            if key in environ:
-                os.environ[key] = environ[key]
-            else:
-                del os.environ[key]
+    for key in changed_env:
+        if key in environ:
+            os.environ[key] = environ[key]
+        else:
+            del os.environ[key]
     for name in changed_logs:
         logger = logging.getLogger("" if name == "root" else name)
         level, disabled, propagate, handlers, filters = logs[name]  # type: ignore[misc]

@@ -91,8 +91,6 @@ def _control(pid: int, *args: str) -> None:
 @contextlib.contextmanager
 def under_callgrind(key: str, out_dir: Path, log: Path) -> Iterator[tuple[int, int]]:
     """Start variant ``key`` under callgrind; yield (its pid, its port)."""
-    import runner
-
     variant = BY_KEY[key]
     port = free_port()
     if variant.config:
@@ -104,13 +102,8 @@ def under_callgrind(key: str, out_dir: Path, log: Path) -> Iterator[tuple[int, i
         f"--callgrind-out-file={out_dir}/callgrind.out.%p",
         *variant.command(port),
     ]
-    saved = runner.STARTUP_TIMEOUT
-    runner.STARTUP_TIMEOUT = STARTUP_TIMEOUT
-    try:
-        with spawn(key, command, port, log, variant.env) as proc:
-            yield proc.pid, port
-    finally:
-        runner.STARTUP_TIMEOUT = saved
+    with spawn(key, command, port, log, variant.env, startup_timeout=STARTUP_TIMEOUT) as proc:
+        yield proc.pid, port
 
 
 #: ``--case bcast``: members of the group, and broadcasts of the two runs.

@@ -134,6 +134,7 @@ def spawn(
     log: Path,
     env: Iterable[tuple[str, str]] = (),
     cpus: str = SERVER_CPU,
+    startup_timeout: float = STARTUP_TIMEOUT,
 ) -> Iterator[subprocess.Popen[bytes]]:
     """Run ``command`` from this folder pinned to ``cpus``, its output appended to
     ``log``; wait until it accepts on ``port``, and stop it (SIGTERM, then
@@ -157,21 +158,27 @@ def spawn(
             stderr=subprocess.STDOUT,
         )
     try:
-        wait_for_port(port, proc, name, log)
+        wait_for_port(port, proc, name, log, startup_timeout)
         yield proc
     finally:
         stop(proc)
 
 
-def wait_for_port(port: int, proc: subprocess.Popen[bytes], name: str, log: Path | str) -> None:
+def wait_for_port(
+    port: int,
+    proc: subprocess.Popen[bytes],
+    name: str,
+    log: Path | str,
+    timeout: float = STARTUP_TIMEOUT,
+) -> None:
     """Wait until something accepts on ``port``; fail if ``proc`` exits first or
-    nothing listens within ``STARTUP_TIMEOUT``."""
-    deadline = time.monotonic() + STARTUP_TIMEOUT
+    nothing listens within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
     while not _port_open(port):
         if proc.poll() is not None:
             raise RuntimeError(f"{name} exited with {proc.returncode}; see {log}")
         if time.monotonic() > deadline:
-            raise RuntimeError(f"{name} did not listen within {STARTUP_TIMEOUT}s")
+            raise RuntimeError(f"{name} did not listen within {timeout}s")
         time.sleep(0.05)
 
 
